@@ -1,0 +1,78 @@
+//! [`EngineConfig`]: the QUIC engine's knobs, with defaults taken from what agave's
+//! TPU server enforces (see `shared/reference/solana-tpu-protocol.md`).
+
+use std::time::Duration;
+
+/// Largest transaction a TPU accepts on one stream: `PACKET_DATA_SIZE` = 1280 - 40 - 8.
+pub const PACKET_DATA_SIZE: usize = 1232;
+
+/// ALPN of the Solana TPU (agave `ALPN_TPU_PROTOCOL_ID`).
+pub const ALPN_TPU: &[u8] = b"solana-tpu";
+
+/// Application close codes agave's server uses (`solana-streamer` `quic.rs`).
+pub mod close_code {
+    /// Connection table entry dropped (evicted, or the server shut down).
+    pub const DROPPED: u64 = 1;
+    /// Connection disallowed (rate limit, unstaked table full).
+    pub const DISALLOWED: u64 = 2;
+    /// Too many concurrent streams (3.1).
+    pub const EXCEED_MAX_STREAM_COUNT: u64 = 3;
+    /// Too many connections from this peer.
+    pub const TOO_MANY: u64 = 4;
+    /// A stream broke the framing rules (empty or over 1232 bytes).
+    pub const INVALID_STREAM: u64 = 5;
+}
+
+/// Engine configuration.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Open connections kept at most; the least recently used one is closed to make room.
+    pub max_connections: usize,
+    /// Transactions a connection holds while waiting for its handshake or stream credit;
+    /// more are dropped with `ConnectionQueueFull`.
+    pub max_queued_per_connection: usize,
+    /// Bound on the submission channel into the engine thread.
+    pub ingress_queue: usize,
+    /// A handshake not finished by then is abandoned (agave's server gives up after 2 s).
+    pub handshake_timeout: Duration,
+    /// QUIC max idle timeout we advertise (the effective one is the smaller of both sides').
+    /// Keep-alives keep a live connection open; a dead peer is detected within this time.
+    pub idle_timeout: Duration,
+    /// Send a PING when nothing ack-eliciting was sent for this long.
+    pub keep_alive_interval: Duration,
+    /// First reconnect delay after a failed connection; doubles per consecutive failure.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Delay after the server closed us with `disallowed` (rate limited).
+    pub backoff_disallowed: Duration,
+    /// Delay after `too_many` (we already hold the peer's connection budget).
+    pub backoff_too_many: Duration,
+    /// Largest UDP payload we send (1472 fits a 1500-byte MTU; agave advertises 1472).
+    pub max_udp_payload: usize,
+    /// Busy-poll the packet I/O instead of sleeping when idle.
+    pub busy_poll: bool,
+    /// With `busy_poll`, sleep after this long without work so an idle engine does not burn a core.
+    pub busy_poll_idle: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            // tpu-client-next keeps an LRU of 64 connections.
+            max_connections: 64,
+            max_queued_per_connection: 1024,
+            ingress_queue: 16 * 1024,
+            handshake_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+            keep_alive_interval: Duration::from_secs(1),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            backoff_disallowed: Duration::from_secs(5),
+            backoff_too_many: Duration::from_secs(2),
+            max_udp_payload: 1472,
+            busy_poll: false,
+            busy_poll_idle: Duration::from_millis(5),
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! [`EngineHandle`]: the engine thread. It owns the [`Engine`] and a [`PacketIo`]
+//! backend, takes submissions from a bounded queue, and loops: commands → received
+//! datagrams → timers → streams and datagrams out → outcomes to the sink.
+//!
+//! When there is no work it either busy-polls (for latency; it falls back to sleeping
+//! after `busy_poll_idle`) or sleeps in `ppoll` on the backend's descriptor and an
+//! eventfd that submitters ring only when the thread is actually asleep, so a busy
+//! engine costs submitters no system call.
+
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering, fence},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::{
+    batch::{RxBatch, TxBatch},
+    config::EngineConfig,
+    engine::{ConnectionInfo, Engine, EngineError, check_payload},
+    identity::Identity,
+    io::{IoCounters, PacketIo},
+    outcome::{DropReason, Outcome},
+    stats::EngineStats,
+};
+
+/// Datagrams per TX batch.
+const TX_BATCH: usize = 256;
+/// Datagrams per RX batch.
+const RX_BATCH: usize = 64;
+/// Commands taken per loop pass, so received ACKs are not starved by a submission flood.
+const COMMANDS_PER_PASS: usize = 512;
+/// How long shutdown waits for CONNECTION_CLOSE frames to leave.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
+
+/// Where the engine thread reports outcomes. Runs on the engine thread: keep it cheap.
+pub trait OutcomeSink: Send + 'static {
+    /// Called once per submission that reached the engine.
+    fn report(&mut self, outcome: Outcome);
+}
+
+impl<F: FnMut(Outcome) + Send + 'static> OutcomeSink for F {
+    fn report(&mut self, outcome: Outcome) {
+        self(outcome)
+    }
+}
+
+/// A submission refused before it reached the engine; this is its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("transaction refused: {}", reason.label())]
+pub struct SubmitError {
+    /// Why: `Empty`, `TooLarge`, `EngineQueueFull` or `Shutdown`.
+    pub reason: DropReason,
+}
+
+enum Command {
+    Submit {
+        id: u64,
+        payload: Arc<[u8]>,
+        target: SocketAddr,
+    },
+    Prewarm(SocketAddr),
+    Inspect(SocketAddr, Sender<Option<ConnectionInfo>>),
+    Shutdown,
+}
+
+/// Wakes the engine thread out of `ppoll`.
+#[derive(Debug)]
+struct Waker {
+    eventfd: OwnedFd,
+    sleeping: AtomicBool,
+}
+
+impl Waker {
+    fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the fd is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            // SAFETY: fd is a fresh descriptor we own.
+            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            sleeping: AtomicBool::new(false),
+        })
+    }
+
+    /// Rings the eventfd if the engine thread sleeps (or is about to).
+    fn wake_if_sleeping(&self) {
+        // Pairs with the fence in `Driver::sleep`: either we see `sleeping`, or the
+        // engine sees our queued command.
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64. A full counter (EAGAIN) still wakes.
+            unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64; non-blocking.
+        unsafe { libc::read(self.eventfd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+/// Handle to a running engine thread.
+#[derive(Debug)]
+pub struct EngineHandle {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    stats: Arc<EngineStats>,
+    local: SocketAddr,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread over `io`, reporting outcomes to `sink`.
+    ///
+    /// # Errors
+    /// When the identity's TLS context or the QUIC config cannot be built, or the
+    /// thread cannot start.
+    pub fn spawn<I: PacketIo + 'static, S: OutcomeSink>(
+        config: EngineConfig,
+        identity: &Identity,
+        io: I,
+        sink: S,
+    ) -> Result<Self, EngineError> {
+        let stats = Arc::new(EngineStats::default());
+        let local = io.local_addr();
+        let engine = Engine::new(config.clone(), identity, local, stats.clone())?;
+        let (commands, rx) = crossbeam_channel::bounded(config.ingress_queue.max(1));
+        let waker = Arc::new(Waker::new().map_err(|_| EngineError::Config("eventfd failed"))?);
+        let driver = Driver {
+            engine,
+            io,
+            sink,
+            commands: rx,
+            waker: waker.clone(),
+            config,
+            tx: TxBatch::new(TX_BATCH),
+            rx: RxBatch::new(RX_BATCH),
+            counters: IoCounters::default(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("afterburner-engine".into())
+            .spawn(move || driver.run())
+            .map_err(|_| EngineError::Config("cannot spawn the engine thread"))?;
+        Ok(Self {
+            commands,
+            waker,
+            stats,
+            local,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands a transaction to the engine for `target`. Its outcome goes to the sink,
+    /// unless it is refused here, in which case the error is its outcome.
+    ///
+    /// # Errors
+    /// [`SubmitError`] for empty or oversized payloads, a full engine queue, or a
+    /// stopped engine.
+    pub fn submit(
+        &self,
+        id: u64,
+        payload: Arc<[u8]>,
+        target: SocketAddr,
+    ) -> Result<(), SubmitError> {
+        if let Some(reason) = check_payload(&payload) {
+            return Err(self.refuse(reason));
+        }
+        match self.commands.try_send(Command::Submit {
+            id,
+            payload,
+            target,
+        }) {
+            Ok(()) => {
+                self.waker.wake_if_sleeping();
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(self.refuse(DropReason::EngineQueueFull)),
+            Err(TrySendError::Disconnected(_)) => Err(self.refuse(DropReason::Shutdown)),
+        }
+    }
+
+    /// Opens a connection to `target` ahead of need (an upcoming leader).
+    ///
+    /// # Errors
+    /// When the engine queue is full or the engine stopped.
+    pub fn prewarm(&self, target: SocketAddr) -> Result<(), SubmitError> {
+        match self.commands.try_send(Command::Prewarm(target)) {
+            Ok(()) => {
+                self.waker.wake_if_sleeping();
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(SubmitError {
+                reason: DropReason::EngineQueueFull,
+            }),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError {
+                reason: DropReason::Shutdown,
+            }),
+        }
+    }
+
+    /// Asks the engine thread about its connection to `target` (waits up to 1 s).
+    pub fn connection_info(&self, target: SocketAddr) -> Option<ConnectionInfo> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.commands
+            .send_timeout(Command::Inspect(target, reply), Duration::from_secs(1))
+            .ok()?;
+        self.waker.wake_if_sleeping();
+        answer.recv_timeout(Duration::from_secs(1)).ok().flatten()
+    }
+
+    /// The engine's counters.
+    pub fn stats(&self) -> &Arc<EngineStats> {
+        &self.stats
+    }
+
+    /// The local address the engine sends from.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Stops the engine: queued transactions are reported dropped (`Shutdown`),
+    /// connections closed, the thread joined.
+    ///
+    /// # Errors
+    /// The packet I/O error that stopped the engine thread, if one did.
+    pub fn shutdown(mut self) -> io::Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> io::Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        // Blocking send: the engine keeps draining its queue, so this cannot hang.
+        let _ = self.commands.send(Command::Shutdown);
+        self.waker.wake_if_sleeping();
+        thread
+            .join()
+            .map_err(|_| io::Error::other("engine thread panicked"))?
+    }
+
+    fn refuse(&self, reason: DropReason) -> SubmitError {
+        EngineStats::add(&self.stats.submitted, 1);
+        self.stats.record_drop(reason);
+        SubmitError { reason }
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::error!(error = %e, "engine thread ended with an error");
+        }
+    }
+}
+
+struct Driver<I, S> {
+    engine: Engine,
+    io: I,
+    sink: S,
+    commands: Receiver<Command>,
+    waker: Arc<Waker>,
+    config: EngineConfig,
+    tx: TxBatch,
+    rx: RxBatch,
+    counters: IoCounters,
+}
+
+impl<I: PacketIo, S: OutcomeSink> Driver<I, S> {
+    fn run(mut self) -> io::Result<()> {
+        let mut idle_since = Instant::now();
+        let mut shutting_down = false;
+        loop {
+            let mut work = false;
+            let mut now = Instant::now();
+            for _ in 0..COMMANDS_PER_PASS {
+                match self.commands.try_recv() {
+                    Ok(Command::Shutdown) | Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        shutting_down = true;
+                        break;
+                    }
+                    Ok(cmd) => {
+                        work = true;
+                        self.command(cmd, now);
+                    }
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                }
+            }
+            if shutting_down {
+                return self.finish();
+            }
+            loop {
+                let n = self.io.recv(&mut self.rx)?;
+                if n == 0 {
+                    break;
+                }
+                work = true;
+                EngineStats::add(&self.engine.stats().recv_calls, 1);
+                now = Instant::now();
+                self.engine.recv(&mut self.rx, now);
+                if n < self.rx.capacity() {
+                    break;
+                }
+            }
+            self.engine.on_timeout(now);
+            let blocked = self.transmit(now)?;
+            if self.engine.has_outcomes() {
+                for o in self.engine.drain_outcomes() {
+                    self.sink.report(o);
+                }
+            }
+            if work {
+                idle_since = now;
+                continue;
+            }
+            if self.config.busy_poll
+                && now.duration_since(idle_since) < self.config.busy_poll_idle
+                && !blocked
+            {
+                std::hint::spin_loop();
+                continue;
+            }
+            self.sleep(blocked)?;
+            idle_since = Instant::now();
+        }
+    }
+
+    fn command(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::Submit {
+                id,
+                payload,
+                target,
+            } => self.engine.submit(id, payload, target, now),
+            Command::Prewarm(target) => {
+                self.engine.prewarm(target, now);
+            }
+            Command::Inspect(target, reply) => {
+                let _ = reply.try_send(self.engine.connection_info(target));
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    /// Sends pending datagrams and asks the engine for more until it has none or the
+    /// path is full. Returns true when the path is full.
+    fn transmit(&mut self, now: Instant) -> io::Result<bool> {
+        loop {
+            if !self.tx.is_empty() {
+                self.io.send(&mut self.tx, &mut self.counters)?;
+                self.export_counters();
+                if !self.tx.is_empty() {
+                    return Ok(true);
+                }
+            }
+            let more = self.engine.flush(&mut self.tx, now);
+            if self.tx.is_empty() && !more {
+                return Ok(false);
+            }
+        }
+    }
+
+    fn export_counters(&mut self) {
+        let stats = self.engine.stats();
+        let c = std::mem::take(&mut self.counters);
+        EngineStats::add(&stats.send_calls, c.send_calls);
+        if c.would_block > 0 {
+            EngineStats::add(&stats.send_would_block, c.would_block);
+        }
+        if c.send_errors > 0 {
+            EngineStats::add(&stats.send_errors, c.send_errors);
+        }
+    }
+
+    /// Sleeps until a datagram arrives, the path drains (when `blocked`), a command
+    /// is queued, or the engine's next timer.
+    fn sleep(&mut self, blocked: bool) -> io::Result<()> {
+        self.waker.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if !self.commands.is_empty() {
+            self.waker.sleeping.store(false, Ordering::Relaxed);
+            return Ok(());
+        }
+        let timeout = self.engine.next_timeout().map(|t| {
+            let d = t.saturating_duration_since(Instant::now());
+            libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: d.subsec_nanos() as libc::c_long,
+            }
+        });
+        let mut fds = [
+            libc::pollfd {
+                fd: self.io.pollable().as_raw_fd(),
+                events: libc::POLLIN | if blocked { libc::POLLOUT } else { 0 },
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.waker.eventfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: fds and the optional timespec are live for the call.
+        let rc = unsafe {
+            libc::ppoll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                timeout
+                    .as_ref()
+                    .map_or(std::ptr::null(), |t| t as *const libc::timespec),
+                std::ptr::null(),
+            )
+        };
+        self.waker.sleeping.store(false, Ordering::Relaxed);
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(err);
+            }
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            self.waker.drain();
+        }
+        Ok(())
+    }
+
+    /// Drops everything still queued, closes connections and gives the closes a moment
+    /// to leave.
+    fn finish(mut self) -> io::Result<()> {
+        let now = Instant::now();
+        while let Ok(cmd) = self.commands.try_recv() {
+            if let Command::Submit { id, target, .. } = cmd {
+                EngineStats::add(&self.engine.stats().submitted, 1);
+                self.engine.stats().record_drop(DropReason::Shutdown);
+                self.sink.report(Outcome {
+                    id,
+                    target,
+                    kind: crate::outcome::OutcomeKind::Dropped(DropReason::Shutdown),
+                });
+            }
+        }
+        self.engine.shutdown(now);
+        let deadline = now + SHUTDOWN_GRACE;
+        while !self.engine.is_idle() && Instant::now() < deadline {
+            let now = Instant::now();
+            self.io.recv(&mut self.rx)?;
+            self.engine.recv(&mut self.rx, now);
+            self.engine.on_timeout(now);
+            self.transmit(now)?;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for o in self.engine.drain_outcomes() {
+            self.sink.report(o);
+        }
+        Ok(())
+    }
+}
