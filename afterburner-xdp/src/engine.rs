@@ -217,8 +217,13 @@ impl Engine {
             self.drop_tx(id, target, DropReason::ConnectionQueueFull);
             return;
         }
+        let established = matches!(conn.state, State::Established { .. });
         conn.queue.push_back(Pending { id, payload });
         self.queued += 1;
+        if established {
+            // Straight into a stream when credit allows: the queue only holds what waits.
+            self.pump_streams(idx, now);
+        }
         self.mark_dirty(idx);
     }
 

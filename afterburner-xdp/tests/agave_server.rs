@@ -1,0 +1,353 @@
+//! The engine against agave's own TPU QUIC server (`solana-streamer` 3.1), started in
+//! this process on loopback. No mocks: the server, its QoS and its stream rules are
+//! agave's.
+
+mod support;
+
+use std::{
+    collections::HashSet,
+    net::{SocketAddr, UdpSocket},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use afterburner_xdp::{
+    DropReason, EngineConfig, EngineHandle, Identity, Outcome, OutcomeKind, udp::UdpIo,
+};
+use support::{AgaveServer, payload};
+
+const LOCALHOST_ANY: &str = "127.0.0.1:0";
+
+/// An engine on a loopback UDP socket with outcomes collected.
+struct Client {
+    engine: EngineHandle,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
+}
+
+impl Client {
+    fn start(identity: &Identity, config: EngineConfig) -> Self {
+        let io = UdpIo::bind(LOCALHOST_ANY.parse().unwrap()).unwrap();
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let sink = outcomes.clone();
+        let engine =
+            EngineHandle::spawn(config, identity, io, move |o| sink.lock().unwrap().push(o))
+                .unwrap();
+        Self { engine, outcomes }
+    }
+
+    fn outcome_count(&self) -> usize {
+        self.outcomes.lock().unwrap().len()
+    }
+
+    fn count(&self, kind: OutcomeKind) -> usize {
+        self.outcomes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| o.kind == kind)
+            .count()
+    }
+
+    /// Waits until `n` outcomes were reported.
+    fn wait_outcomes(&self, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        while self.outcome_count() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.outcome_count()
+    }
+
+    /// Submits `payloads` to `target`, keeping at most `window` without an outcome.
+    fn send_windowed(
+        &self,
+        first_id: u64,
+        payloads: &[Vec<u8>],
+        target: SocketAddr,
+        window: usize,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let base = self.outcome_count();
+        for (i, p) in payloads.iter().enumerate() {
+            while i - (self.outcome_count() - base) >= window {
+                assert!(Instant::now() < deadline, "engine stalled");
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            self.engine
+                .submit(first_id + i as u64, p.clone().into(), target)
+                .unwrap();
+        }
+    }
+
+    /// Waits for the connection to `target` to be established with stream credit.
+    fn wait_for_credit(&self, target: SocketAddr) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(info) = self.engine.connection_info(target)
+                && info.established
+                && info.stream_limit_uni > 0
+            {
+                return info.stream_limit_uni;
+            }
+            assert!(Instant::now() < deadline, "no stream credit from {target}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Staked identity: admitted as staked (512 streams, every packet flagged staked);
+/// 20,000 distinct transactions arrive byte-identical; no `invalid_stream` close.
+#[test]
+fn staked_identity_delivers_20k_byte_identical() {
+    let identity = Identity::random();
+    let server = AgaveServer::start(
+        LOCALHOST_ANY.parse().unwrap(),
+        &[(identity.pubkey(), 1_000_000)],
+    );
+    let client = Client::start(&identity, EngineConfig::default());
+    client.engine.prewarm(server.addr).unwrap();
+    // agave 3.1: staked streams = clamp(128 + share * (100000 - 128), 128, 512).
+    assert_eq!(client.wait_for_credit(server.addr), 512);
+
+    const N: usize = 20_000;
+    let payloads: Vec<Vec<u8>> = (0..N as u64)
+        .map(|i| payload(i, 8 + (i as usize * 7919) % (1232 - 7)))
+        .collect();
+    // Stay inside the per-connection queue (1024): the caller's backpressure.
+    client.send_windowed(0, &payloads, server.addr, 1_000);
+    assert_eq!(client.wait_outcomes(N, Duration::from_secs(60)), N);
+    assert_eq!(
+        client.count(OutcomeKind::Sent),
+        N,
+        "every transaction written to a stream: {:?}",
+        client.engine.stats().snapshot()
+    );
+    assert_eq!(
+        server.wait_for(N, Duration::from_secs(30)),
+        N,
+        "every transaction delivered"
+    );
+
+    let delivered = server.delivered();
+    assert!(
+        delivered.iter().all(|d| d.staked),
+        "every packet flagged from a staked node"
+    );
+    let got: HashSet<&[u8]> = delivered.iter().map(|d| d.data.as_slice()).collect();
+    let want: HashSet<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    assert_eq!(got.len(), N, "no duplicates");
+    assert!(got == want, "delivered bytes differ from what was sent");
+
+    let stats = client.engine.stats().snapshot();
+    assert_eq!(stats.closed_by_peer, 0, "{stats:?}");
+    assert_eq!(stats.dropped_total(), 0, "{stats:?}");
+    assert_eq!(stats.connections_opened, 1, "one connection, reused");
+}
+
+/// Random (unstaked) certificate: 128 streams, packets not flagged staked, delivery
+/// throttled by the server; every submission is accounted for: sent ones arrive,
+/// the rest are dropped with a reason.
+#[test]
+fn unstaked_identity_is_throttled_and_everything_accounted() {
+    let identity = Identity::random();
+    let server = AgaveServer::start(LOCALHOST_ANY.parse().unwrap(), &[]);
+    let config = EngineConfig {
+        max_queued_per_connection: 200,
+        ..EngineConfig::default()
+    };
+    let client = Client::start(&identity, config);
+    client.engine.prewarm(server.addr).unwrap();
+    assert_eq!(client.wait_for_credit(server.addr), 128);
+
+    const N: usize = 600;
+    for i in 0..N as u64 {
+        client
+            .engine
+            .submit(i, payload(i, 200).into(), server.addr)
+            .unwrap();
+    }
+    // The server admits 200 streams/s for unstaked peers (20 per 100 ms window).
+    let sent_at = Instant::now();
+    assert_eq!(
+        client.wait_outcomes(N, Duration::from_secs(30)),
+        N,
+        "every submission has an outcome"
+    );
+    let sent = client.count(OutcomeKind::Sent);
+    let queue_full = client.count(OutcomeKind::Dropped(DropReason::ConnectionQueueFull));
+    assert_eq!(
+        sent + queue_full,
+        N,
+        "only sent or dropped for a full queue"
+    );
+    // What the congestion window took at once, then the whole queue as credit returned.
+    assert!(sent > 200, "the queue drained into streams: {sent}");
+    assert_eq!(
+        server.wait_for(sent, Duration::from_secs(30)),
+        sent,
+        "every sent transaction delivered"
+    );
+    let elapsed = sent_at.elapsed().as_secs_f64();
+    let delivered = server.delivered();
+    assert!(delivered.iter().all(|d| !d.staked));
+    // Within the throttle: no faster than ~200/s plus one window of burst.
+    assert!(
+        (sent as f64) <= 200.0 * elapsed + 128.0,
+        "{sent} delivered in {elapsed:.2}s is faster than agave's unstaked throttle"
+    );
+    let stats = client.engine.stats().snapshot();
+    assert_eq!(stats.sent as usize, sent);
+    assert_eq!(
+        stats.dropped(DropReason::ConnectionQueueFull) as usize,
+        queue_full
+    );
+    assert_eq!(stats.closed_by_peer, 0);
+}
+
+/// Empty and oversized payloads are refused locally, counted, and never reach a
+/// stream; a payload of exactly 1232 bytes is delivered.
+#[test]
+fn empty_and_oversized_refused_locally() {
+    let identity = Identity::random();
+    let server = AgaveServer::start(LOCALHOST_ANY.parse().unwrap(), &[(identity.pubkey(), 1)]);
+    let client = Client::start(&identity, EngineConfig::default());
+    let empty = client
+        .engine
+        .submit(1, Vec::new().into(), server.addr)
+        .unwrap_err();
+    let big = client
+        .engine
+        .submit(2, vec![7u8; 1233].into(), server.addr)
+        .unwrap_err();
+    assert_eq!(empty.reason, DropReason::Empty);
+    assert_eq!(big.reason, DropReason::TooLarge);
+    let stats = client.engine.stats().snapshot();
+    assert_eq!(
+        stats.connections_opened, 0,
+        "nothing opened for refused payloads"
+    );
+    assert_eq!(stats.dropped(DropReason::Empty), 1);
+    assert_eq!(stats.dropped(DropReason::TooLarge), 1);
+
+    client
+        .engine
+        .submit(3, vec![9u8; 1232].into(), server.addr)
+        .unwrap();
+    assert_eq!(server.wait_for(1, Duration::from_secs(10)), 1);
+    assert_eq!(server.delivered()[0].data, vec![9u8; 1232]);
+    assert_eq!(client.engine.stats().snapshot().closed_by_peer, 0);
+}
+
+/// The server stops and a new one starts on the same port: the engine notices,
+/// reconnects, and what is submitted after the restart arrives.
+#[test]
+fn reconnects_after_server_restart() {
+    let identity = Identity::random();
+    let stakes = [(identity.pubkey(), 1_000)];
+    let first = AgaveServer::start(LOCALHOST_ANY.parse().unwrap(), &stakes);
+    let addr = first.addr;
+    let config = EngineConfig {
+        idle_timeout: Duration::from_secs(3),
+        ..EngineConfig::default()
+    };
+    let client = Client::start(&identity, config);
+    for i in 0..100 {
+        client
+            .engine
+            .submit(i, payload(i, 300).into(), addr)
+            .unwrap();
+    }
+    assert_eq!(first.wait_for(100, Duration::from_secs(10)), 100);
+    first.stop();
+
+    let second = AgaveServer::start(addr, &stakes);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut next = 1_000u64;
+    // Submit after the restart until the new server has 100 from us.
+    while second.delivered_count() < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "no delivery after restart: {:?}",
+            client.engine.stats().snapshot()
+        );
+        let _ = client.engine.submit(next, payload(next, 300).into(), addr);
+        next += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats = client.engine.stats().snapshot();
+    assert_eq!(stats.connections_opened, 2, "{stats:?}");
+    // Everything submitted has exactly one outcome.
+    assert_eq!(
+        client.wait_outcomes(next as usize - 900, Duration::from_secs(10)),
+        next as usize - 900
+    );
+    println!("after restart: {stats:?}");
+}
+
+/// An address where nothing answers: the handshake times out (counted, queue dropped,
+/// backoff), while a live connection keeps delivering meanwhile.
+#[test]
+fn dead_address_times_out_while_live_one_delivers() {
+    let identity = Identity::random();
+    let server = AgaveServer::start(LOCALHOST_ANY.parse().unwrap(), &[(identity.pubkey(), 1)]);
+    // A socket that swallows every datagram: no QUIC server behind it.
+    let black_hole = UdpSocket::bind(LOCALHOST_ANY).unwrap();
+    let dead = black_hole.local_addr().unwrap();
+    let config = EngineConfig {
+        handshake_timeout: Duration::from_millis(500),
+        backoff_initial: Duration::from_secs(30),
+        ..EngineConfig::default()
+    };
+    let client = Client::start(&identity, config);
+    for i in 0..10 {
+        client
+            .engine
+            .submit(i, payload(i, 100).into(), dead)
+            .unwrap();
+    }
+    // Keep the live connection busy while the dead one times out.
+    let start = Instant::now();
+    let mut live = 0u64;
+    while start.elapsed() < Duration::from_millis(800) {
+        client
+            .engine
+            .submit(100 + live, payload(100 + live, 100).into(), server.addr)
+            .unwrap();
+        live += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let during = server
+        .delivered()
+        .iter()
+        .filter(|d| d.at < start + Duration::from_millis(500))
+        .count();
+    assert!(
+        during > 10,
+        "live deliveries continued during the handshake wait: {during}"
+    );
+    assert_eq!(
+        server.wait_for(live as usize, Duration::from_secs(10)),
+        live as usize
+    );
+
+    let timed_out = |c: &Client| {
+        c.outcomes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| {
+                o.target == dead && o.kind == OutcomeKind::Dropped(DropReason::HandshakeTimeout)
+            })
+            .count()
+    };
+    assert_eq!(timed_out(&client), 10);
+    assert_eq!(client.engine.stats().snapshot().handshake_timeouts, 1);
+    // Straight after the failure the address is in backoff: no new attempt.
+    client
+        .engine
+        .submit(999, payload(999, 100).into(), dead)
+        .unwrap();
+    client.wait_outcomes(10 + live as usize + 1, Duration::from_secs(5));
+    let last = *client.outcomes.lock().unwrap().last().unwrap();
+    assert_eq!(last.kind, OutcomeKind::Dropped(DropReason::Backoff));
+    assert_eq!(client.engine.stats().snapshot().connections_opened, 2);
+}

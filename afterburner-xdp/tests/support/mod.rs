@@ -1,0 +1,202 @@
+//! Test support: agave's real TPU QUIC server (`solana-streamer` 3.1) on loopback,
+//! and transaction generators. Shared by the integration tests and the benchmark
+//! examples (through `#[path]`).
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    sync::{Arc, Mutex, RwLock},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use solana_sdk::{
+    hash::Hash,
+    instruction::{AccountMeta, Instruction},
+    pubkey::Pubkey,
+    signature::Keypair,
+    signer::Signer,
+    transaction::Transaction,
+};
+use solana_streamer::{
+    nonblocking::swqos::SwQosConfig,
+    quic::{QuicStreamerConfig, spawn_server_with_cancel},
+    streamer::StakedNodes,
+};
+use tokio_util::sync::CancellationToken;
+
+/// One packet as agave's server handed it to the validator pipeline.
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    pub data: Vec<u8>,
+    pub staked: bool,
+    pub at: Instant,
+}
+
+/// agave's TPU QUIC server, running in this process.
+pub struct AgaveServer {
+    pub addr: SocketAddr,
+    cancel: CancellationToken,
+    server_thread: Option<JoinHandle<()>>,
+    collector: Option<JoinHandle<()>>,
+    delivered: Arc<Mutex<Vec<Delivered>>>,
+}
+
+impl AgaveServer {
+    /// Starts a server on `addr` (port 0: any). `stakes` fills its staked-nodes map.
+    pub fn start(addr: SocketAddr, stakes: &[(Pubkey, u64)]) -> Self {
+        let socket = UdpSocket::bind(addr).expect("bind agave server socket");
+        // On loopback the server's socket overflows under bursts: give it room
+        // (SO_RCVBUFFORCE needs root; otherwise the plain request, capped by rmem_max).
+        let size: i32 = 64 << 20;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: pointer to a live i32 with its size.
+            let rc = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&size as *const i32).cast(),
+                    4,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
+        }
+        let addr = socket.local_addr().unwrap();
+        let stakes: HashMap<Pubkey, u64> = stakes.iter().copied().collect();
+        let staked_nodes = Arc::new(RwLock::new(StakedNodes::new(
+            Arc::new(stakes),
+            HashMap::new(),
+        )));
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let cancel = CancellationToken::new();
+        let config = QuicStreamerConfig {
+            // Tests and benchmarks reconnect from 127.0.0.1 many times a minute.
+            max_connections_per_ipaddr_per_min: 10_000,
+            max_connections_per_peer: 8,
+            ..QuicStreamerConfig::default()
+        };
+        let server = spawn_server_with_cancel(
+            "abTestQuic",
+            "afterburner_test_quic",
+            [socket],
+            &Keypair::new(),
+            sender,
+            staked_nodes,
+            config,
+            SwQosConfig::default(),
+            cancel.clone(),
+        )
+        .expect("spawn agave QUIC server");
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let sink = delivered.clone();
+        let collector = std::thread::spawn(move || {
+            while let Ok(batch) = receiver.recv() {
+                let at = Instant::now();
+                let mut out = sink.lock().unwrap();
+                for p in batch.iter() {
+                    if let Some(data) = p.data(..) {
+                        out.push(Delivered {
+                            data: data.to_vec(),
+                            staked: p.meta().is_from_staked_node(),
+                            at,
+                        });
+                    }
+                }
+            }
+        });
+        Self {
+            addr,
+            cancel,
+            server_thread: Some(server.thread),
+            collector: Some(collector),
+            delivered,
+        }
+    }
+
+    pub fn delivered_count(&self) -> usize {
+        self.delivered.lock().unwrap().len()
+    }
+
+    pub fn delivered(&self) -> Vec<Delivered> {
+        self.delivered.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` packets arrived or `timeout` passed; returns the count.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.delivered_count();
+            if got >= n || Instant::now() >= deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the server and releases its port.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.server_thread.take() {
+            t.join().expect("agave server thread");
+        }
+        if let Some(t) = self.collector.take() {
+            t.join().expect("collector thread");
+        }
+    }
+}
+
+impl Drop for AgaveServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A distinct payload of `len` bytes carrying `id` (not a transaction: the TPU server
+/// does not parse what it delivers, and varied sizes exercise stream framing).
+/// `len` is at least 8: the id prefix is what keeps payloads distinct.
+pub fn payload(id: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len.max(8)];
+    v[..8].copy_from_slice(&id.to_le_bytes());
+    for (i, b) in v.iter_mut().enumerate().skip(8) {
+        *b = (id as u8) ^ (i as u8);
+    }
+    v
+}
+
+/// `n` real, signed system transfers (wire format, ~215 bytes each), all distinct.
+pub fn signed_transfers(payer: &Keypair, n: usize) -> Vec<Vec<u8>> {
+    let to = Pubkey::new_unique();
+    let blockhash = Hash::new_unique();
+    (0..n as u64)
+        .map(|i| {
+            // SystemInstruction::Transfer = 2, then lamports (u64 LE).
+            let mut data = vec![2, 0, 0, 0];
+            data.extend_from_slice(&(1 + i).to_le_bytes());
+            let ix = Instruction {
+                // The system program id is all zeros ("111…1").
+                program_id: Pubkey::default(),
+                accounts: vec![
+                    AccountMeta::new(payer.pubkey(), true),
+                    AccountMeta::new(to, false),
+                ],
+                data,
+            };
+            let tx = Transaction::new_signed_with_payer(
+                &[ix],
+                Some(&payer.pubkey()),
+                &[payer],
+                blockhash,
+            );
+            bincode::serialize(&tx).expect("serialize transaction")
+        })
+        .collect()
+}
