@@ -1,1 +1,295 @@
-fn main() {}
+//! Afterburner's build automation (`cargo xtask <command>`).
+//!
+//! - `bench [--txs N] [--pairs P]`: the TPU client benchmark. agave's TPU QUIC server
+//!   runs in one process; our engine (kernel UDP) and agave's `tpu-client-next` run
+//!   in turn, each in its own process, sending the same pre-signed transactions.
+//!   Prints delivered tx/s and client CPU µs per delivered transaction for each run,
+//!   the medians, and the ratios (ours / theirs, median over the pairs).
+//! - `test`: the whole test suite (what CI runs).
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("bench") => bench(&args[1..]),
+        Some("test") => test(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 bench [--txs N] [--pairs P]   engine vs tpu-client-next against agave's TPU server\n  \
+                 test [cargo test args]        the whole test suite"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn run(mut cmd: Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--all-targets"]).args(extra);
+    run(cmd)
+}
+
+/// A child process spoken to line by line.
+struct Peer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    name: &'static str,
+}
+
+impl Peer {
+    fn spawn(name: &'static str, mut cmd: Command) -> Result<Self> {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        let stdin = child.stdin.take();
+        let stdout: ChildStdout = child.stdout.take().context("child stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            stdin,
+            lines,
+            name,
+        })
+    }
+
+    fn send(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("stdin closed")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// The next line starting with `word`, split into its fields.
+    fn expect(&self, word: &str, timeout: Duration) -> Result<Vec<String>> {
+        let line = self
+            .lines
+            .recv_timeout(timeout)
+            .with_context(|| format!("{} did not print `{word}` within {timeout:?}", self.name))?;
+        let fields: Vec<String> = line.split_whitespace().map(String::from).collect();
+        if fields.first().map(String::as_str) != Some(word) {
+            bail!("{}: expected `{word} …`, got `{line}`", self.name);
+        }
+        Ok(fields)
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stdin = None;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field<T: std::str::FromStr>(fields: &[String], i: usize) -> Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    Ok(fields.get(i).context("missing field")?.parse()?)
+}
+
+struct RunResult {
+    delivered: u64,
+    tx_per_s: f64,
+    cpu_us_per_tx: f64,
+}
+
+const CLIENTS: [&str; 2] = ["afterburner", "tpu-client-next"];
+
+fn bench(args: &[String]) -> Result<()> {
+    let mut txs: usize = 20_000;
+    let mut pairs: usize = 5;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--txs" => txs = it.next().context("--txs needs a value")?.parse()?,
+            "--pairs" => pairs = it.next().context("--pairs needs a value")?.parse()?,
+            other => bail!("unknown bench argument {other}"),
+        }
+    }
+    if txs == 0 || pairs == 0 {
+        bail!("--txs and --pairs must be positive");
+    }
+    eprintln!("building the benchmark (release)…");
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "afterburner-xdp",
+        "--example",
+        "tpu_bench_server",
+        "--example",
+        "tpu_bench_client",
+    ]);
+    run(build)?;
+    let examples = target_dir().join("release/examples");
+    let server_bin = examples.join("tpu_bench_server");
+    let client_bin = examples.join("tpu_bench_client");
+
+    let dir = std::env::temp_dir().join(format!("afterburner-bench-{}", std::process::id()));
+    let mut prep = Command::new(&client_bin);
+    prep.arg("prepare").arg(&dir).arg(txs.to_string());
+    run(prep)?;
+    let dir_guard = RemoveOnDrop(dir.clone());
+
+    let mut server_cmd = Command::new(&server_bin);
+    server_cmd.arg("--staked-keypair").arg(dir.join("id.json"));
+    let mut server = Peer::spawn("tpu_bench_server", server_cmd)?;
+    let ready = server.expect("ready", Duration::from_secs(30))?;
+    let addr = ready.get(1).context("server address")?.clone();
+    println!(
+        "agave TPU QUIC server (solana-streamer 3.1) at {addr}; {txs} signed transfers per run; \
+         client identity holds all stake; {pairs} alternating pairs"
+    );
+    println!(
+        "{:<5} {:<16} {:>9} {:>12} {:>14}",
+        "run", "client", "delivered", "tx/s", "cpu µs/tx"
+    );
+
+    let mut results: Vec<[RunResult; 2]> = Vec::new();
+    for pair in 0..pairs {
+        // Alternate which client goes first, so drift on a shared machine hits both.
+        let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut pair_results: [Option<RunResult>; 2] = [None, None];
+        for which in order {
+            let r = bench_run(&mut server, &client_bin, CLIENTS[which], &addr, &dir, txs)?;
+            println!(
+                "{:<5} {:<16} {:>9} {:>12.0} {:>14.2}",
+                pair + 1,
+                CLIENTS[which],
+                r.delivered,
+                r.tx_per_s,
+                r.cpu_us_per_tx
+            );
+            pair_results[which] = Some(r);
+        }
+        let [Some(a), Some(b)] = pair_results else {
+            bail!("a run did not report");
+        };
+        results.push([a, b]);
+    }
+    drop(server);
+    drop(dir_guard);
+
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    };
+    println!("\nmedians over {pairs} pairs:");
+    for (i, name) in CLIENTS.iter().enumerate() {
+        println!(
+            "  {:<16} {:>12.0} tx/s {:>10.2} cpu µs/tx",
+            name,
+            median(results.iter().map(|r| r[i].tx_per_s).collect()),
+            median(results.iter().map(|r| r[i].cpu_us_per_tx).collect()),
+        );
+    }
+    let cpu_ratio = median(results.iter().map(|r| r[0].cpu_us_per_tx / r[1].cpu_us_per_tx).collect());
+    let tps_ratio = median(results.iter().map(|r| r[0].tx_per_s / r[1].tx_per_s).collect());
+    println!("ratios afterburner / tpu-client-next (median of per-pair ratios):");
+    println!("  cpu per tx: {cpu_ratio:.2}x   (lower is better)");
+    println!("  tx/s:       {tps_ratio:.2}x   (higher is better)");
+    Ok(())
+}
+
+fn bench_run(
+    server: &mut Peer,
+    client_bin: &PathBuf,
+    client: &'static str,
+    addr: &str,
+    dir: &PathBuf,
+    txs: usize,
+) -> Result<RunResult> {
+    server.send(&format!("expect {txs}"))?;
+    server.expect("ok", Duration::from_secs(10))?;
+    let mut cmd = Command::new(client_bin);
+    cmd.arg("run").arg(client).arg(addr).arg(dir);
+    let mut peer = Peer::spawn(client, cmd)?;
+    let start: u64 = field(&peer.expect("start", Duration::from_secs(30))?, 1)?;
+    let done = match server.expect("done", Duration::from_secs(60)) {
+        Ok(d) => d,
+        Err(_) => {
+            // Not everything arrived in time: take what did.
+            server.send("report")?;
+            server.expect("done", Duration::from_secs(10))?
+        }
+    };
+    let delivered: u64 = field(&done, 1)?;
+    let staked: u64 = field(&done, 2)?;
+    let last: u64 = field(&done, 3)?;
+    peer.close_stdin();
+    let report = peer.expect("cpu_us", Duration::from_secs(30))?;
+    let cpu_us: u64 = field(&report, 1)?;
+    let _ = peer.child.wait();
+    if staked != delivered {
+        bail!("{client}: {delivered} delivered but only {staked} flagged staked");
+    }
+    if delivered == 0 {
+        bail!("{client}: nothing delivered");
+    }
+    let secs = last.saturating_sub(start) as f64 / 1e9;
+    Ok(RunResult {
+        delivered,
+        tx_per_s: delivered as f64 / secs.max(1e-9),
+        cpu_us_per_tx: cpu_us as f64 / delivered as f64,
+    })
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,213 @@
+//! Benchmark client: sends pre-signed transactions to one TPU with either our engine
+//! (kernel UDP) or agave's `solana-tpu-client-next`, in its own process, and reports
+//! its own CPU time. Driven by `cargo xtask bench`:
+//!
+//! - `prepare <dir> <n>`: writes `<dir>/id.json` (client identity) and `<dir>/txs.bin`
+//!   (`n` signed transfers, u16-length-prefixed);
+//! - `run <afterburner|tpu-client-next> <addr> <dir>`: prints `start <ns>` just before
+//!   it starts (CLOCK_MONOTONIC), sends everything, stays connected until stdin
+//!   closes, then prints `cpu_us <user+sys> sent <n>`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use afterburner_xdp::{DropReason, EngineConfig, EngineHandle, Identity, OutcomeKind, udp::UdpIo};
+use anyhow::{Context, Result, bail};
+use solana_sdk::signature::Keypair;
+use solana_tpu_client_next::{
+    ConnectionWorkersScheduler,
+    connection_workers_scheduler::{
+        BindTarget, ConnectionWorkersSchedulerConfig, Fanout, StakeIdentity,
+    },
+    leader_updater::LeaderUpdater,
+    transaction_batch::TransactionBatch,
+};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("prepare") if args.len() == 4 => prepare(Path::new(&args[2]), args[3].parse()?),
+        Some("run") if args.len() == 5 => {
+            let target: SocketAddr = args[3].parse()?;
+            let dir = Path::new(&args[4]);
+            let identity = Identity::from_keypair_file(dir.join("id.json"))?;
+            let txs = load(&dir.join("txs.bin"))?;
+            let cpu_before = cpu_us();
+            let sent = match args[2].as_str() {
+                "afterburner" => run_afterburner(&identity, target, txs)?,
+                "tpu-client-next" => run_tpu_client_next(identity.keypair(), target, txs)?,
+                other => bail!("unknown client {other}"),
+            };
+            let cpu = cpu_us() - cpu_before;
+            println!("cpu_us {cpu} sent {sent}");
+            Ok(())
+        }
+        _ => bail!(
+            "usage: tpu_bench_client prepare <dir> <n> | run <afterburner|tpu-client-next> <addr> <dir>"
+        ),
+    }
+}
+
+fn prepare(dir: &Path, n: usize) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let keypair = Keypair::new();
+    solana_sdk::signer::keypair::write_keypair_file(&keypair, dir.join("id.json"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = Vec::new();
+    for tx in support::signed_transfers(&keypair, n) {
+        out.extend_from_slice(&(tx.len() as u16).to_le_bytes());
+        out.extend_from_slice(&tx);
+    }
+    std::fs::write(dir.join("txs.bin"), out)?;
+    Ok(())
+}
+
+fn load(path: &Path) -> Result<Vec<Vec<u8>>> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut txs = Vec::new();
+    let mut rest = data.as_slice();
+    while let [a, b, tail @ ..] = rest {
+        let len = u16::from_le_bytes([*a, *b]) as usize;
+        if tail.len() < len {
+            bail!("truncated transaction file");
+        }
+        txs.push(tail[..len].to_vec());
+        rest = &tail[len..];
+    }
+    Ok(txs)
+}
+
+fn announce_start() -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "start {}", mono_ns())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Blocks until the driver closes our stdin (it does once the server reported).
+fn wait_for_stdin_eof() {
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
+fn run_afterburner(identity: &Identity, target: SocketAddr, txs: Vec<Vec<u8>>) -> Result<u64> {
+    let n = txs.len();
+    let payloads: Vec<Arc<[u8]>> = txs.into_iter().map(Into::into).collect();
+    announce_start()?;
+    let config = EngineConfig {
+        // Both clients get room for the whole burst (tpu-client-next: a channel of
+        // batches), so neither drops for lack of buffering.
+        max_queued_per_connection: n,
+        ingress_queue: n,
+        ..EngineConfig::default()
+    };
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    let engine = EngineHandle::spawn(
+        config,
+        identity,
+        UdpIo::bind("127.0.0.1:0".parse()?)?,
+        move |o: afterburner_xdp::Outcome| {
+            if o.kind == OutcomeKind::Sent {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+    )?;
+    for (id, p) in payloads.into_iter().enumerate() {
+        let mut p = Some(p);
+        loop {
+            match engine.submit(id as u64, p.take().unwrap_or_else(|| Arc::from(&[][..])), target) {
+                Ok(()) => break,
+                Err(e) if e.reason == DropReason::EngineQueueFull => {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                Err(e) => bail!("submit refused: {e}"),
+            }
+        }
+    }
+    wait_for_stdin_eof();
+    engine.shutdown()?;
+    Ok(sent.load(Ordering::Relaxed))
+}
+
+struct FixedLeader(SocketAddr);
+
+#[async_trait::async_trait]
+impl LeaderUpdater for FixedLeader {
+    fn next_leaders(&mut self, _lookahead_leaders: usize) -> Vec<SocketAddr> {
+        vec![self.0]
+    }
+    async fn stop(&mut self) {}
+}
+
+fn run_tpu_client_next(keypair: &Keypair, target: SocketAddr, txs: Vec<Vec<u8>>) -> Result<u64> {
+    const BATCH: usize = 64;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let batches: Vec<TransactionBatch> = txs
+        .chunks(BATCH)
+        .map(|c| TransactionBatch::new(c.to_vec()))
+        .collect();
+    let stats = runtime.block_on(async move {
+        announce_start()?;
+        let (tx_sender, tx_receiver) = tokio::sync::mpsc::channel(batches.len() + 1);
+        let (_identity_sender, identity_receiver) = tokio::sync::watch::channel(None);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let scheduler = ConnectionWorkersScheduler::new(
+            Box::new(FixedLeader(target)),
+            tx_receiver,
+            identity_receiver,
+            cancel.clone(),
+        );
+        let config = ConnectionWorkersSchedulerConfig {
+            bind: BindTarget::Address("127.0.0.1:0".parse()?),
+            stake_identity: Some(StakeIdentity::new(keypair)),
+            num_connections: 1,
+            skip_check_transaction_age: true,
+            worker_channel_size: batches.len() + 1,
+            max_reconnect_attempts: 4,
+            leaders_fanout: Fanout {
+                send: 1,
+                connect: 1,
+            },
+        };
+        let handle = tokio::spawn(scheduler.run(config));
+        for b in batches {
+            tx_sender.send(b).await?;
+        }
+        tokio::task::spawn_blocking(wait_for_stdin_eof).await?;
+        cancel.cancel();
+        let stats = handle.await??;
+        anyhow::Ok(stats)
+    })?;
+    Ok(stats.successfully_sent.load(Ordering::Relaxed))
+}
+
+fn cpu_us() -> u64 {
+    // SAFETY: getrusage writes into a zeroed rusage we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let us = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64;
+    us(ru.ru_utime) + us(ru.ru_stime)
+}
+
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes into a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

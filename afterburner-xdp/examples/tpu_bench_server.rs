@@ -1,0 +1,115 @@
+//! Benchmark server: agave's TPU QUIC server (`solana-streamer` 3.1) in its own
+//! process, counting what it delivers. Driven by `cargo xtask bench` over
+//! stdin/stdout:
+//!
+//! - prints `ready <addr>` once listening;
+//! - `expect <n>` resets the count and answers `ok`; when `n` packets have been
+//!   delivered it prints `done <count> <staked> <last_ns>` (`CLOCK_MONOTONIC`);
+//! - `report` prints the same line at once (the driver's timeout).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{
+    io::{BufRead, Write},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use solana_sdk::signer::Signer;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, flag, keypair] = args.as_slice() else {
+        bail!("usage: tpu_bench_server --staked-keypair <file>");
+    };
+    if flag != "--staked-keypair" {
+        bail!("usage: tpu_bench_server --staked-keypair <file>");
+    }
+    let staked = solana_sdk::signature::read_keypair_file(keypair)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("reading {keypair}"))?;
+    // The client identity holds all the stake, so the server's throttle does not set
+    // the pace: the clients do.
+    let server = support::AgaveServer::start("127.0.0.1:0".parse()?, &[(staked.pubkey(), 1_000_000)]);
+    let stdout = Arc::new(Mutex::new(std::io::stdout()));
+    writeln!(stdout.lock().unwrap(), "ready {}", server.addr)?;
+    stdout.lock().unwrap().flush()?;
+
+    let base = Arc::new(AtomicUsize::new(0));
+    let expect = Arc::new(AtomicUsize::new(usize::MAX));
+    let report = {
+        let stdout = stdout.clone();
+        let base = base.clone();
+        move |server: &support::AgaveServer| -> Result<()> {
+            let delivered = server.delivered();
+            let mine = &delivered[base.load(Ordering::SeqCst).min(delivered.len())..];
+            let staked = mine.iter().filter(|d| d.staked).count();
+            let last = mine.last().map_or(0, |d| mono_ns_of(d.at));
+            let mut out = stdout.lock().unwrap();
+            writeln!(out, "done {} {} {}", mine.len(), staked, last)?;
+            out.flush()?;
+            Ok(())
+        }
+    };
+    let server = Arc::new(server);
+    {
+        let server = server.clone();
+        let base = base.clone();
+        let expect = expect.clone();
+        let report = report.clone();
+        std::thread::spawn(move || {
+            loop {
+                let want = expect.load(Ordering::SeqCst);
+                if want != usize::MAX
+                    && server.delivered_count() >= base.load(Ordering::SeqCst) + want
+                {
+                    expect.store(usize::MAX, Ordering::SeqCst);
+                    if report(&server).is_err() {
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+    }
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("expect"), Some(n)) => {
+                base.store(server.delivered_count(), Ordering::SeqCst);
+                expect.store(n.parse()?, Ordering::SeqCst);
+                let mut out = stdout.lock().unwrap();
+                writeln!(out, "ok")?;
+                out.flush()?;
+            }
+            (Some("report"), _) => {
+                expect.store(usize::MAX, Ordering::SeqCst);
+                report(&server)?;
+            }
+            _ => bail!("unknown command: {line}"),
+        }
+    }
+    Ok(())
+}
+
+/// `Instant` → CLOCK_MONOTONIC nanoseconds (both are CLOCK_MONOTONIC on Linux).
+fn mono_ns_of(at: std::time::Instant) -> u64 {
+    let now = std::time::Instant::now();
+    mono_ns().saturating_sub(now.duration_since(at).as_nanos() as u64)
+}
+
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes into a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
