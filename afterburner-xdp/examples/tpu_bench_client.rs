@@ -7,6 +7,7 @@
 //! - `run <afterburner|tpu-client-next> <addr> <dir>`: prints `start <ns>` just before
 //!   it starts (CLOCK_MONOTONIC), sends everything, stays connected until stdin
 //!   closes, then prints `cpu_us <user+sys> sent <n>`.
+#![allow(clippy::unwrap_used, reason = "test and benchmark code: a failure should stop it loudly")]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -19,10 +20,9 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
-use afterburner_xdp::{DropReason, EngineConfig, EngineHandle, Identity, OutcomeKind, udp::UdpIo};
+use afterburner_xdp::{EngineConfig, EngineHandle, Identity, OutcomeKind, Submission, udp::UdpIo};
 use anyhow::{Context, Result, bail};
 use solana_sdk::signature::Keypair;
 use solana_tpu_client_next::{
@@ -43,8 +43,9 @@ fn main() -> Result<()> {
             let dir = Path::new(&args[4]);
             let identity = Identity::from_keypair_file(dir.join("id.json"))?;
             let txs = load(&dir.join("txs.bin"))?;
-            let cpu_before = cpu_us();
-            let sent = match args[2].as_str() {
+            // Each client converts the transactions to its own input form first; CPU
+            // is counted from `start` (see `announce_start`) to the end.
+            let (sent, cpu_before) = match args[2].as_str() {
                 "afterburner" => run_afterburner(&identity, target, txs)?,
                 "tpu-client-next" => run_tpu_client_next(identity.keypair(), target, txs)?,
                 other => bail!("unknown client {other}"),
@@ -88,11 +89,12 @@ fn load(path: &Path) -> Result<Vec<Vec<u8>>> {
     Ok(txs)
 }
 
-fn announce_start() -> Result<()> {
+/// Prints `start <ns>` and returns the CPU time used so far.
+fn announce_start() -> Result<u64> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "start {}", mono_ns())?;
     out.flush()?;
-    Ok(())
+    Ok(cpu_us())
 }
 
 /// Blocks until the driver closes our stdin (it does once the server reported).
@@ -101,16 +103,32 @@ fn wait_for_stdin_eof() {
     let _ = std::io::stdin().read_to_end(&mut sink);
 }
 
-fn run_afterburner(identity: &Identity, target: SocketAddr, txs: Vec<Vec<u8>>) -> Result<u64> {
+fn run_afterburner(
+    identity: &Identity,
+    target: SocketAddr,
+    txs: Vec<Vec<u8>>,
+) -> Result<(u64, u64)> {
     let n = txs.len();
-    let payloads: Vec<Arc<[u8]>> = txs.into_iter().map(Into::into).collect();
-    announce_start()?;
+    // Same batching as tpu-client-next gets below: 64 transactions per queue entry.
+    let mut batches: Vec<Vec<Submission>> = txs
+        .into_iter()
+        .enumerate()
+        .map(|(id, tx)| Submission {
+            id: id as u64,
+            payload: tx.into(),
+            target,
+        })
+        .collect::<Vec<_>>()
+        .chunks(BATCH)
+        .map(<[Submission]>::to_vec)
+        .collect();
+    let cpu_before = announce_start()?;
     let config = EngineConfig {
         // Both clients get room for the whole burst (tpu-client-next: a channel of
         // batches), so neither drops for lack of buffering.
         max_queued_per_connection: n,
-        ingress_queue: n,
-        ..EngineConfig::default()
+        ingress_queue: batches.len() + 1,
+        ..bench_config()
     };
     let sent = Arc::new(AtomicU64::new(0));
     let counter = sent.clone();
@@ -124,21 +142,22 @@ fn run_afterburner(identity: &Identity, target: SocketAddr, txs: Vec<Vec<u8>>) -
             }
         },
     )?;
-    for (id, p) in payloads.into_iter().enumerate() {
-        let mut p = Some(p);
-        loop {
-            match engine.submit(id as u64, p.take().unwrap_or_else(|| Arc::from(&[][..])), target) {
-                Ok(()) => break,
-                Err(e) if e.reason == DropReason::EngineQueueFull => {
-                    std::thread::sleep(Duration::from_micros(50));
-                }
-                Err(e) => bail!("submit refused: {e}"),
-            }
+    for batch in batches.drain(..) {
+        if let Err((e, _)) = engine.submit_batch(batch) {
+            bail!("submit refused: {e}");
         }
     }
     wait_for_stdin_eof();
+    let s = engine.stats().snapshot();
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        eprintln!("afterburner: {:?}", engine.connection_info(target));
+        eprintln!(
+            "afterburner: {} datagrams out in {} send calls, {} in over {} receive calls",
+            s.packets_sent, s.send_calls, s.packets_received, s.recv_calls
+        );
+    }
     engine.shutdown()?;
-    Ok(sent.load(Ordering::Relaxed))
+    Ok((sent.load(Ordering::Relaxed), cpu_before))
 }
 
 struct FixedLeader(SocketAddr);
@@ -151,15 +170,23 @@ impl LeaderUpdater for FixedLeader {
     async fn stop(&mut self) {}
 }
 
-fn run_tpu_client_next(keypair: &Keypair, target: SocketAddr, txs: Vec<Vec<u8>>) -> Result<u64> {
-    const BATCH: usize = 64;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+/// Transactions per queue entry, for both clients.
+const BATCH: usize = 64;
+
+fn run_tpu_client_next(
+    keypair: &Keypair,
+    target: SocketAddr,
+    txs: Vec<Vec<u8>>,
+) -> Result<(u64, u64)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let batches: Vec<TransactionBatch> = txs
         .chunks(BATCH)
         .map(|c| TransactionBatch::new(c.to_vec()))
         .collect();
-    let stats = runtime.block_on(async move {
-        announce_start()?;
+    let (stats, cpu_before) = runtime.block_on(async move {
+        let cpu_before = announce_start()?;
         let (tx_sender, tx_receiver) = tokio::sync::mpsc::channel(batches.len() + 1);
         let (_identity_sender, identity_receiver) = tokio::sync::watch::channel(None);
         let cancel = tokio_util::sync::CancellationToken::new();
@@ -188,9 +215,9 @@ fn run_tpu_client_next(keypair: &Keypair, target: SocketAddr, txs: Vec<Vec<u8>>)
         tokio::task::spawn_blocking(wait_for_stdin_eof).await?;
         cancel.cancel();
         let stats = handle.await??;
-        anyhow::Ok(stats)
+        anyhow::Ok((stats, cpu_before))
     })?;
-    Ok(stats.successfully_sent.load(Ordering::Relaxed))
+    Ok((stats.successfully_sent.load(Ordering::Relaxed), cpu_before))
 }
 
 fn cpu_us() -> u64 {
@@ -210,4 +237,20 @@ fn mono_ns() -> u64 {
     // SAFETY: writes into a live timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Engine knobs for experiments: `AB_CWND=<packets>`, `AB_HYSTART=0`, `AB_BUSY_POLL=1`.
+fn bench_config() -> EngineConfig {
+    let mut c = EngineConfig::default();
+    let var = |k: &str| std::env::var(k).ok();
+    if let Some(v) = var("AB_CWND").and_then(|v| v.parse().ok()) {
+        c.initial_congestion_window_packets = v;
+    }
+    if var("AB_HYSTART").as_deref() == Some("0") {
+        c.hystart = false;
+    }
+    if var("AB_BUSY_POLL").as_deref() == Some("1") {
+        c.busy_poll = true;
+    }
+    c
 }

@@ -4,8 +4,9 @@
 //!
 //! - prints `ready <addr>` once listening;
 //! - `expect <n>` resets the count and answers `ok`; when `n` packets have been
-//!   delivered it prints `done <count> <staked> <last_ns>` (`CLOCK_MONOTONIC`);
+//!   delivered it prints `done <count> <staked> <last_ns> <first_ns>` (`CLOCK_MONOTONIC`);
 //! - `report` prints the same line at once (the driver's timeout).
+#![allow(clippy::unwrap_used, reason = "test and benchmark code: a failure should stop it loudly")]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -35,7 +36,8 @@ fn main() -> Result<()> {
         .with_context(|| format!("reading {keypair}"))?;
     // The client identity holds all the stake, so the server's throttle does not set
     // the pace: the clients do.
-    let server = support::AgaveServer::start("127.0.0.1:0".parse()?, &[(staked.pubkey(), 1_000_000)]);
+    let server =
+        support::AgaveServer::start("127.0.0.1:0".parse()?, &[(staked.pubkey(), 1_000_000)]);
     let stdout = Arc::new(Mutex::new(std::io::stdout()));
     writeln!(stdout.lock().unwrap(), "ready {}", server.addr)?;
     stdout.lock().unwrap().flush()?;
@@ -50,8 +52,9 @@ fn main() -> Result<()> {
             let mine = &delivered[base.load(Ordering::SeqCst).min(delivered.len())..];
             let staked = mine.iter().filter(|d| d.staked).count();
             let last = mine.last().map_or(0, |d| mono_ns_of(d.at));
+            let first = mine.first().map_or(0, |d| mono_ns_of(d.at));
             let mut out = stdout.lock().unwrap();
-            writeln!(out, "done {} {} {}", mine.len(), staked, last)?;
+            writeln!(out, "done {} {} {} {}", mine.len(), staked, last, first)?;
             out.flush()?;
             Ok(())
         }

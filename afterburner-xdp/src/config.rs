@@ -50,6 +50,13 @@ pub struct EngineConfig {
     pub backoff_too_many: Duration,
     /// Largest UDP payload we send (1472 fits a 1500-byte MTU; agave advertises 1472).
     pub max_udp_payload: usize,
+    /// Initial congestion window in packets (quiche's default is 10). On the paths
+    /// between a gateway and its leaders a larger first flight lets a burst leave
+    /// within the first round trip.
+    pub initial_congestion_window_packets: usize,
+    /// HyStart++ (leaves slow start early when the RTT rises; a busy TPU server's
+    /// queueing delay looks like that).
+    pub hystart: bool,
     /// Busy-poll the packet I/O instead of sleeping when idle.
     pub busy_poll: bool,
     /// With `busy_poll`, sleep after this long without work so an idle engine does not burn a core.
@@ -71,6 +78,8 @@ impl Default for EngineConfig {
             backoff_disallowed: Duration::from_secs(5),
             backoff_too_many: Duration::from_secs(2),
             max_udp_payload: 1472,
+            initial_congestion_window_packets: 10,
+            hystart: true,
             busy_poll: false,
             busy_poll_idle: Duration::from_millis(5),
         }

@@ -60,12 +60,24 @@ pub struct SubmitError {
     pub reason: DropReason,
 }
 
+/// One transaction for one target, for [`EngineHandle::submit_batch`].
+#[derive(Clone, Debug)]
+pub struct Submission {
+    /// The caller's id, echoed in the [`Outcome`].
+    pub id: u64,
+    /// The transaction's wire bytes (shared when one transaction goes to several leaders).
+    pub payload: Arc<[u8]>,
+    /// The leader's TPU QUIC address.
+    pub target: SocketAddr,
+}
+
 enum Command {
     Submit {
         id: u64,
         payload: Arc<[u8]>,
         target: SocketAddr,
     },
+    Batch(Vec<Submission>),
     Prewarm(SocketAddr),
     Inspect(SocketAddr, Sender<Option<ConnectionInfo>>),
     Shutdown,
@@ -188,6 +200,38 @@ impl EngineHandle {
             }
             Err(TrySendError::Full(_)) => Err(self.refuse(DropReason::EngineQueueFull)),
             Err(TrySendError::Disconnected(_)) => Err(self.refuse(DropReason::Shutdown)),
+        }
+    }
+
+    /// Hands several submissions over in one queue operation (a batch counts as one
+    /// entry of the ingress queue). Every submission's outcome goes to the sink,
+    /// including empty or oversized payloads, which the engine drops before any stream.
+    ///
+    /// # Errors
+    /// On a full queue or a stopped engine the batch comes back untouched, with the
+    /// reason, for the caller to retry or count; nothing in it was counted.
+    pub fn submit_batch(
+        &self,
+        batch: Vec<Submission>,
+    ) -> Result<(), (SubmitError, Vec<Submission>)> {
+        match self.commands.try_send(Command::Batch(batch)) {
+            Ok(()) => {
+                self.waker.wake_if_sleeping();
+                Ok(())
+            }
+            Err(TrySendError::Full(Command::Batch(b))) => Err((
+                SubmitError {
+                    reason: DropReason::EngineQueueFull,
+                },
+                b,
+            )),
+            Err(TrySendError::Disconnected(Command::Batch(b))) => Err((
+                SubmitError {
+                    reason: DropReason::Shutdown,
+                },
+                b,
+            )),
+            Err(_) => Ok(()),
         }
     }
 
@@ -344,6 +388,11 @@ impl<I: PacketIo, S: OutcomeSink> Driver<I, S> {
                 payload,
                 target,
             } => self.engine.submit(id, payload, target, now),
+            Command::Batch(batch) => {
+                for s in batch {
+                    self.engine.submit(s.id, s.payload, s.target, now);
+                }
+            }
             Command::Prewarm(target) => {
                 self.engine.prewarm(target, now);
             }
@@ -441,7 +490,12 @@ impl<I: PacketIo, S: OutcomeSink> Driver<I, S> {
     fn finish(mut self) -> io::Result<()> {
         let now = Instant::now();
         while let Ok(cmd) = self.commands.try_recv() {
-            if let Command::Submit { id, target, .. } = cmd {
+            let dropped: Vec<(u64, SocketAddr)> = match cmd {
+                Command::Submit { id, target, .. } => vec![(id, target)],
+                Command::Batch(batch) => batch.into_iter().map(|s| (s.id, s.target)).collect(),
+                _ => Vec::new(),
+            };
+            for (id, target) in dropped {
                 EngineStats::add(&self.engine.stats().submitted, 1);
                 self.engine.stats().record_drop(DropReason::Shutdown);
                 self.sink.report(Outcome {

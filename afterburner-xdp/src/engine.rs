@@ -56,6 +56,14 @@ pub struct ConnectionInfo {
     pub streams_opened: u64,
     /// Transactions waiting in this connection.
     pub queued: usize,
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// Congestion window, bytes.
+    pub cwnd: usize,
+    /// Packets sent and lost so far.
+    pub packets_sent: usize,
+    /// Packets declared lost so far.
+    pub packets_lost: usize,
 }
 
 struct Pending {
@@ -115,6 +123,8 @@ pub struct Engine {
     outcomes: Vec<Outcome>,
     stats: Arc<EngineStats>,
     lru_clock: u64,
+    /// The last target looked up and its slot: consecutive submissions usually share one.
+    last_lookup: Option<(SocketAddr, usize)>,
     queued: usize,
     next_deadline: Option<Instant>,
 }
@@ -165,6 +175,8 @@ impl Engine {
         quic.set_disable_active_migration(true);
         // Pacing only yields send-time hints we do not use.
         quic.enable_pacing(false);
+        quic.set_initial_congestion_window_packets(config.initial_congestion_window_packets);
+        quic.enable_hystart(config.hystart);
         Ok(Self {
             config,
             quic,
@@ -177,6 +189,7 @@ impl Engine {
             outcomes: Vec::new(),
             stats,
             lru_clock: 0,
+            last_lookup: None,
             queued: 0,
             next_deadline: None,
         })
@@ -413,7 +426,13 @@ impl Engine {
     /// Diagnostics for the connection to `target`, if one is open.
     pub fn connection_info(&self, target: SocketAddr) -> Option<ConnectionInfo> {
         let conn = self.slots[*self.by_addr.get(&target)?].as_ref()?;
+        let path = conn.q.path_stats().next();
+        let stats = conn.q.stats();
         Some(ConnectionInfo {
+            rtt: path.as_ref().map_or(Duration::ZERO, |p| p.rtt),
+            cwnd: path.as_ref().map_or(0, |p| p.cwnd),
+            packets_sent: stats.sent,
+            packets_lost: stats.lost,
             established: matches!(conn.state, State::Established { .. }),
             stream_limit_uni: conn.streams_opened + conn.q.peer_streams_left_uni(),
             streams_opened: conn.streams_opened,
@@ -430,10 +449,15 @@ impl Engine {
     /// used) if needed. `None` when `target` is in backoff.
     fn connection_for(&mut self, target: SocketAddr, now: Instant) -> Option<usize> {
         self.lru_clock += 1;
-        if let Some(&idx) = self.by_addr.get(&target) {
+        let cached = match self.last_lookup {
+            Some((addr, idx)) if addr == target => Some(idx),
+            _ => self.by_addr.get(&target).copied(),
+        };
+        if let Some(idx) = cached {
             if let Some(conn) = self.slots[idx].as_mut() {
                 conn.last_used = self.lru_clock;
             }
+            self.last_lookup = Some((target, idx));
             return Some(idx);
         }
         if self.backoff.get(&target).is_some_and(|b| b.until > now) {
@@ -632,6 +656,7 @@ impl Engine {
         if self.by_addr.get(&conn.peer) == Some(&idx) {
             self.by_addr.remove(&conn.peer);
         }
+        self.last_lookup = None;
         conn.state = State::Closing;
         // Already closed is fine: nothing more to send then.
         let _ = conn.q.close(true, 0, why);
@@ -675,6 +700,7 @@ impl Engine {
         if self.by_addr.get(&conn.peer) == Some(&idx) {
             self.by_addr.remove(&conn.peer);
         }
+        self.last_lookup = None;
         self.free.push(idx);
         EngineStats::set(&self.stats.active_connections, self.by_addr.len() as u64);
     }

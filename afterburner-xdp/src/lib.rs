@@ -21,7 +21,7 @@ pub mod stats;
 pub mod udp;
 
 pub use config::EngineConfig;
-pub use driver::{EngineHandle, OutcomeSink, SubmitError};
+pub use driver::{EngineHandle, OutcomeSink, Submission, SubmitError};
 pub use engine::{ConnectionInfo, Engine, EngineError};
 pub use identity::Identity;
 pub use outcome::{DropReason, Outcome, OutcomeKind};

@@ -63,7 +63,8 @@ fn run(mut cmd: Command) -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--all-targets"]).args(extra);
+    cmd.args(["test", "--workspace", "--all-targets"])
+        .args(extra);
     run(cmd)
 }
 
@@ -77,7 +78,9 @@ struct Peer {
 
 impl Peer {
     fn spawn(name: &'static str, mut cmd: Command) -> Result<Self> {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         let stdin = child.stdin.take();
         let stdout: ChildStdout = child.stdout.take().context("child stdout")?;
@@ -224,7 +227,11 @@ fn bench(args: &[String]) -> Result<()> {
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
     };
     println!("\nmedians over {pairs} pairs:");
     for (i, name) in CLIENTS.iter().enumerate() {
@@ -235,8 +242,18 @@ fn bench(args: &[String]) -> Result<()> {
             median(results.iter().map(|r| r[i].cpu_us_per_tx).collect()),
         );
     }
-    let cpu_ratio = median(results.iter().map(|r| r[0].cpu_us_per_tx / r[1].cpu_us_per_tx).collect());
-    let tps_ratio = median(results.iter().map(|r| r[0].tx_per_s / r[1].tx_per_s).collect());
+    let cpu_ratio = median(
+        results
+            .iter()
+            .map(|r| r[0].cpu_us_per_tx / r[1].cpu_us_per_tx)
+            .collect(),
+    );
+    let tps_ratio = median(
+        results
+            .iter()
+            .map(|r| r[0].tx_per_s / r[1].tx_per_s)
+            .collect(),
+    );
     println!("ratios afterburner / tpu-client-next (median of per-pair ratios):");
     println!("  cpu per tx: {cpu_ratio:.2}x   (lower is better)");
     println!("  tx/s:       {tps_ratio:.2}x   (higher is better)");
@@ -268,6 +285,14 @@ fn bench_run(
     let delivered: u64 = field(&done, 1)?;
     let staked: u64 = field(&done, 2)?;
     let last: u64 = field(&done, 3)?;
+    let first: u64 = field(&done, 4)?;
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        eprintln!(
+            "{client}: first delivery {:.2} ms after start, last {:.2} ms after the first",
+            first.saturating_sub(start) as f64 / 1e6,
+            last.saturating_sub(first) as f64 / 1e6
+        );
+    }
     peer.close_stdin();
     let report = peer.expect("cpu_us", Duration::from_secs(30))?;
     let cpu_us: u64 = field(&report, 1)?;
