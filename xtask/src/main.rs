@@ -5,7 +5,8 @@
 //!   in turn, each in its own process, sending the same pre-signed transactions.
 //!   Prints delivered tx/s and client CPU µs per delivered transaction for each run,
 //!   the medians, and the ratios (ours / theirs, median over the pairs).
-//! - `test`: the whole test suite (what CI runs).
+//! - `test`: `cargo fmt --check`, clippy with warnings denied, then every test
+//!   (what CI runs).
 
 use std::{
     io::{BufRead, BufReader, Write},
