@@ -7,7 +7,10 @@
 //! - `run <afterburner|tpu-client-next> <addr> <dir>`: prints `start <ns>` just before
 //!   it starts (CLOCK_MONOTONIC), sends everything, stays connected until stdin
 //!   closes, then prints `cpu_us <user+sys> sent <n>`.
-#![allow(clippy::unwrap_used, reason = "test and benchmark code: a failure should stop it loudly")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test and benchmark code: a failure should stop it loudly"
+)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;

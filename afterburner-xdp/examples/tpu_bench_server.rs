@@ -6,7 +6,10 @@
 //! - `expect <n>` resets the count and answers `ok`; when `n` packets have been
 //!   delivered it prints `done <count> <staked> <last_ns> <first_ns>` (`CLOCK_MONOTONIC`);
 //! - `report` prints the same line at once (the driver's timeout).
-#![allow(clippy::unwrap_used, reason = "test and benchmark code: a failure should stop it loudly")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test and benchmark code: a failure should stop it loudly"
+)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -53,6 +56,20 @@ fn main() -> Result<()> {
             let staked = mine.iter().filter(|d| d.staked).count();
             let last = mine.last().map_or(0, |d| mono_ns_of(d.at));
             let first = mine.first().map_or(0, |d| mono_ns_of(d.at));
+            if std::env::var_os("BENCH_VERBOSE").is_some()
+                && let Some(start) = mine.first().map(|d| d.at)
+            {
+                // Deliveries per 5 ms, to see stalls.
+                let mut buckets = vec![0usize; 1];
+                for d in mine {
+                    let b = (d.at.duration_since(start).as_micros() / 5_000) as usize;
+                    if b >= buckets.len() {
+                        buckets.resize(b + 1, 0);
+                    }
+                    buckets[b] += 1;
+                }
+                eprintln!("server: deliveries per 5 ms: {buckets:?}");
+            }
             let mut out = stdout.lock().unwrap();
             writeln!(out, "done {} {} {} {}", mine.len(), staked, last, first)?;
             out.flush()?;

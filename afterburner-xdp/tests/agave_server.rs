@@ -1,7 +1,10 @@
 //! The engine against agave's own TPU QUIC server (`solana-streamer` 3.1), started in
 //! this process on loopback. No mocks: the server, its QoS and its stream rules are
 //! agave's.
-#![allow(clippy::unwrap_used, reason = "test and benchmark code: a failure should stop it loudly")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test and benchmark code: a failure should stop it loudly"
+)]
 
 mod support;
 

@@ -62,7 +62,21 @@ fn run(mut cmd: Command) -> Result<()> {
     Ok(())
 }
 
+/// Formatting, lints, then every test. Extra arguments go to `cargo test`.
 fn test(extra: &[String]) -> Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run(fmt)?;
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run(clippy)?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--all-targets"])
         .args(extra);

@@ -2,7 +2,10 @@
 //! and transaction generators. Shared by the integration tests and the benchmark
 //! examples (through `#[path]`).
 #![allow(dead_code, reason = "each test binary uses a different subset")]
-#![allow(clippy::unwrap_used, reason = "test code: a failure should stop it loudly")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failure should stop it loudly"
+)]
 
 use std::{
     collections::HashMap,
