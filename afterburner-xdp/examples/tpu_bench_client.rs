@@ -155,8 +155,8 @@ fn run_afterburner(
     if std::env::var_os("BENCH_VERBOSE").is_some() {
         eprintln!("afterburner: {:?}", engine.connection_info(target));
         eprintln!(
-            "afterburner: {} datagrams out in {} send calls, {} in over {} receive calls",
-            s.packets_sent, s.send_calls, s.packets_received, s.recv_calls
+            "afterburner: {} datagrams out in {} send calls, {} in over {} receive calls, {} waits for stream credit",
+            s.packets_sent, s.send_calls, s.packets_received, s.recv_calls, s.stream_credit_waits
         );
     }
     engine.shutdown()?;

@@ -35,8 +35,9 @@ use crate::{
 const TX_BATCH: usize = 256;
 /// Datagrams per RX batch.
 const RX_BATCH: usize = 64;
-/// Commands taken per loop pass, so received ACKs are not starved by a submission flood.
-const COMMANDS_PER_PASS: usize = 512;
+/// Transactions taken per loop pass, so that datagrams leave and ACKs are read while
+/// a submission flood is still queued.
+const TRANSACTIONS_PER_PASS: usize = 128;
 /// How long shutdown waits for CONNECTION_CLOSE frames to leave.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
 
@@ -329,7 +330,8 @@ impl<I: PacketIo, S: OutcomeSink> Driver<I, S> {
         loop {
             let mut work = false;
             let mut now = Instant::now();
-            for _ in 0..COMMANDS_PER_PASS {
+            let mut taken = 0;
+            while taken < TRANSACTIONS_PER_PASS {
                 match self.commands.try_recv() {
                     Ok(Command::Shutdown) | Err(crossbeam_channel::TryRecvError::Disconnected) => {
                         shutting_down = true;
@@ -337,6 +339,10 @@ impl<I: PacketIo, S: OutcomeSink> Driver<I, S> {
                     }
                     Ok(cmd) => {
                         work = true;
+                        taken += match &cmd {
+                            Command::Batch(b) => b.len().max(1),
+                            _ => 1,
+                        };
                         self.command(cmd, now);
                     }
                     Err(crossbeam_channel::TryRecvError::Empty) => break,

@@ -41,6 +41,9 @@ pub enum EngineError {
 /// A connection established after this long is healthy: its failure history is forgotten.
 const HEALTHY_AFTER: Duration = Duration::from_secs(1);
 
+/// Streams written per connection before the datagrams built so far are handed out.
+const STREAM_SLICE: usize = 64;
+
 /// Backoff entries idle this long are forgotten.
 const BACKOFF_FORGET: Duration = Duration::from_secs(600);
 
@@ -90,8 +93,51 @@ enum State {
     Closing,
 }
 
+/// Lets quiche keep our transaction buffers instead of copying each one
+/// (`stream_send_zc`): a stream's data is a shared view of the submitted payload.
+#[derive(Clone, Debug, Default)]
+struct PayloadFactory;
+
+#[derive(Clone, Debug)]
+struct PayloadBuf {
+    data: Arc<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl AsRef<[u8]> for PayloadBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+}
+
+impl quiche::BufSplit for PayloadBuf {
+    fn split_at(&mut self, at: usize) -> Self {
+        let mid = (self.start + at).min(self.end);
+        let tail = Self {
+            data: self.data.clone(),
+            start: mid,
+            end: self.end,
+        };
+        self.end = mid;
+        tail
+    }
+}
+
+impl quiche::BufFactory for PayloadFactory {
+    type Buf = PayloadBuf;
+
+    fn buf_from_slice(buf: &[u8]) -> PayloadBuf {
+        PayloadBuf {
+            data: buf.into(),
+            start: 0,
+            end: buf.len(),
+        }
+    }
+}
+
 struct Conn {
-    q: quiche::Connection,
+    q: quiche::Connection<PayloadFactory>,
     peer: SocketAddr,
     state: State,
     queue: VecDeque<Pending>,
@@ -235,7 +281,7 @@ impl Engine {
         self.queued += 1;
         if established {
             // Straight into a stream when credit allows: the queue only holds what waits.
-            self.pump_streams(idx, now);
+            self.pump_streams(idx, now, usize::MAX);
         }
         self.mark_dirty(idx);
     }
@@ -364,9 +410,11 @@ impl Engine {
                 self.on_closed(idx, now);
                 continue;
             }
-            if matches!(conn.state, State::Established { .. }) {
-                self.pump_streams(idx, now);
-            }
+            // A slice of streams at a time, so the first datagrams leave while later
+            // ones are still being built: a busy server starts on them sooner and
+            // returns stream credit sooner.
+            let sliced = matches!(conn.state, State::Established { .. })
+                && self.pump_streams(idx, now, STREAM_SLICE);
             let Some(conn) = self.slots[idx].as_mut() else {
                 self.dirty.pop_front();
                 continue;
@@ -395,7 +443,7 @@ impl Engine {
             EngineStats::add(&self.stats.packets_sent, packets);
             EngineStats::add(&self.stats.bytes_sent, bytes);
             self.next_deadline = earliest(self.next_deadline, conn_deadline(conn, &self.config));
-            if full {
+            if full || sliced {
                 return true;
             }
             conn.dirty = false;
@@ -471,7 +519,13 @@ impl Engine {
         rand::thread_rng().fill_bytes(&mut scid);
         let scid = quiche::ConnectionId::from_ref(&scid);
         let sni = format!("{}.{}.sol", target.ip(), target.port());
-        let q = match quiche::connect(Some(&sni), &scid, self.local, target, &mut self.quic) {
+        let q = match quiche::connect_with_buffer_factory(
+            Some(&sni),
+            &scid,
+            self.local,
+            target,
+            &mut self.quic,
+        ) {
             Ok(q) => q,
             Err(e) => {
                 tracing::warn!(%target, error = %e, "cannot start QUIC connection");
@@ -516,12 +570,19 @@ impl Engine {
 
     /// Writes queued transactions to new streams while stream credit and the
     /// congestion window allow.
-    fn pump_streams(&mut self, idx: usize, now: Instant) {
+    /// Returns true when it stopped at `limit` with more that could go.
+    fn pump_streams(&mut self, idx: usize, now: Instant, limit: usize) -> bool {
         let Some(conn) = self.slots[idx].as_mut() else {
-            return;
+            return false;
         };
         let mut sent = 0u64;
+        let mut opened = 0;
+        let mut limited = false;
         loop {
+            if opened == limit {
+                limited = conn.partial.is_some() || !conn.queue.is_empty();
+                break;
+            }
             let mut partial = match conn.partial.take() {
                 Some(p) => p,
                 None => {
@@ -541,6 +602,7 @@ impl Engine {
                         break;
                     };
                     self.queued -= 1;
+                    opened += 1;
                     let stream_id = conn.next_stream_id;
                     conn.next_stream_id += 4;
                     conn.streams_opened += 1;
@@ -551,9 +613,18 @@ impl Engine {
                     }
                 }
             };
-            let rest = &partial.tx.payload[partial.written..];
-            match conn.q.stream_send(partial.stream_id, rest, true) {
-                Ok(n) if n == rest.len() => {
+            let rest = PayloadBuf {
+                data: partial.tx.payload.clone(),
+                start: partial.written,
+                end: partial.tx.payload.len(),
+            };
+            let left = rest.end - rest.start;
+            match conn
+                .q
+                .stream_send_zc(partial.stream_id, rest, None, true)
+                .map(|(n, _)| n)
+            {
+                Ok(n) if n == left => {
                     conn.last_ack_eliciting = now;
                     sent += 1;
                     self.outcomes.push(Outcome {
@@ -584,6 +655,7 @@ impl Engine {
             }
         }
         EngineStats::add(&self.stats.sent, sent);
+        limited
     }
 
     /// The quiche connection closed: work out why, drop what it held, set backoff.
@@ -771,7 +843,7 @@ pub fn check_payload(payload: &[u8]) -> Option<DropReason> {
 
 /// The connection can carry nothing more: closed, or draining after a CONNECTION_CLOSE
 /// (quiche only reports `is_closed` once the draining period has passed).
-fn is_over(q: &quiche::Connection) -> bool {
+fn is_over(q: &quiche::Connection<PayloadFactory>) -> bool {
     q.is_closed() || q.is_draining()
 }
 

@@ -51,6 +51,12 @@ pub struct AgaveServer {
 impl AgaveServer {
     /// Starts a server on `addr` (port 0: any). `stakes` fills its staked-nodes map.
     pub fn start(addr: SocketAddr, stakes: &[(Pubkey, u64)]) -> Self {
+        Self::start_with_threads(addr, stakes, 1)
+    }
+
+    /// As [`Self::start`], with `threads` runtime threads for the server (agave's
+    /// default is 1).
+    pub fn start_with_threads(addr: SocketAddr, stakes: &[(Pubkey, u64)], threads: usize) -> Self {
         let socket = UdpSocket::bind(addr).expect("bind agave server socket");
         // On loopback the server's socket overflows under bursts: give it room
         // (SO_RCVBUFFORCE needs root; otherwise the plain request, capped by rmem_max).
@@ -82,6 +88,8 @@ impl AgaveServer {
             // Tests and benchmarks reconnect from 127.0.0.1 many times a minute.
             max_connections_per_ipaddr_per_min: 10_000,
             max_connections_per_peer: 8,
+            num_threads: std::num::NonZeroUsize::new(threads)
+                .unwrap_or(std::num::NonZeroUsize::MIN),
             ..QuicStreamerConfig::default()
         };
         let server = spawn_server_with_cancel(
