@@ -95,7 +95,7 @@ fn load(path: &Path) -> Result<Vec<Vec<u8>>> {
 /// Prints `start <ns>` and returns the CPU time used so far.
 fn announce_start() -> Result<u64> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "start {}", mono_ns())?;
+    writeln!(out, "start {}", support::mono_ns())?;
     out.flush()?;
     Ok(cpu_us())
 }
@@ -230,16 +230,6 @@ fn cpu_us() -> u64 {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let us = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64;
     us(ru.ru_utime) + us(ru.ru_stime)
-}
-
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes into a live timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Engine knobs for experiments: `AB_CWND=<packets>`, `AB_HYSTART=0`, `AB_BUSY_POLL=1`.

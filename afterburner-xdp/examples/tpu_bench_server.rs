@@ -121,15 +121,5 @@ fn main() -> Result<()> {
 /// `Instant` → CLOCK_MONOTONIC nanoseconds (both are CLOCK_MONOTONIC on Linux).
 fn mono_ns_of(at: std::time::Instant) -> u64 {
     let now = std::time::Instant::now();
-    mono_ns().saturating_sub(now.duration_since(at).as_nanos() as u64)
-}
-
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes into a live timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    support::mono_ns().saturating_sub(now.duration_since(at).as_nanos() as u64)
 }

@@ -359,7 +359,7 @@ impl<I: PacketIo, S: OutcomeSink> Driver<I, S> {
                 work = true;
                 EngineStats::add(&self.engine.stats().recv_calls, 1);
                 now = Instant::now();
-                self.engine.recv(&mut self.rx, now);
+                self.engine.recv(&mut self.rx);
                 if n < self.rx.capacity() {
                     break;
                 }
@@ -511,12 +511,12 @@ impl<I: PacketIo, S: OutcomeSink> Driver<I, S> {
                 });
             }
         }
-        self.engine.shutdown(now);
+        self.engine.shutdown();
         let deadline = now + SHUTDOWN_GRACE;
         while !self.engine.is_idle() && Instant::now() < deadline {
             let now = Instant::now();
             self.io.recv(&mut self.rx)?;
-            self.engine.recv(&mut self.rx, now);
+            self.engine.recv(&mut self.rx);
             self.engine.on_timeout(now);
             self.transmit(now)?;
             std::thread::sleep(Duration::from_millis(1));

@@ -270,6 +270,8 @@ impl Engine {
         };
         let max_queued = self.config.max_queued_per_connection;
         let Some(conn) = self.slots[idx].as_mut() else {
+            // connection_for only returns occupied slots; never lose a transaction anyway.
+            self.drop_tx(id, target, DropReason::LocalError);
             return;
         };
         if conn.queue.len() >= max_queued {
@@ -292,8 +294,8 @@ impl Engine {
         self.connection_for(target, now).is_some()
     }
 
-    /// Feeds received datagrams to their connections.
-    pub fn recv(&mut self, rx: &mut RxBatch, now: Instant) {
+    /// Feeds received datagrams to their connections (quiche reads the clock itself).
+    pub fn recv(&mut self, rx: &mut RxBatch) {
         let local = self.local;
         let mut received = 0u64;
         let mut bytes = 0u64;
@@ -333,7 +335,6 @@ impl Engine {
         if rejected > 0 {
             EngineStats::add(&self.stats.packets_rejected, rejected);
         }
-        let _ = now;
     }
 
     /// The earliest instant at which [`Self::on_timeout`] has work (QUIC timers,
@@ -358,7 +359,7 @@ impl Engine {
                 touched = true;
             }
             match conn.state {
-                State::Handshaking { deadline } if deadline <= now => {
+                State::Handshaking { deadline } if deadline <= now && !conn.q.is_established() => {
                     EngineStats::add(&self.stats.handshake_timeouts, 1);
                     self.finish(idx, DropReason::HandshakeTimeout, now);
                     continue;
@@ -458,10 +459,10 @@ impl Engine {
 
     /// Closes every connection, dropping what is queued with [`DropReason::Shutdown`].
     /// Keep flushing until [`Self::is_idle`] to send the CONNECTION_CLOSE frames.
-    pub fn shutdown(&mut self, now: Instant) {
+    pub fn shutdown(&mut self) {
         for idx in 0..self.slots.len() {
             if self.slots[idx].is_some() {
-                self.close_locally(idx, DropReason::Shutdown, b"shutdown", now);
+                self.close_locally(idx, DropReason::Shutdown, b"shutdown");
             }
         }
     }
@@ -513,7 +514,7 @@ impl Engine {
             return None;
         }
         if self.by_addr.len() >= self.config.max_connections {
-            self.evict_lru(now);
+            self.evict_lru();
         }
         let mut scid = [0u8; quiche::MAX_CONN_ID_LEN];
         rand::thread_rng().fill_bytes(&mut scid);
@@ -717,7 +718,7 @@ impl Engine {
     }
 
     /// Closes connection `idx` from our side, keeping it only to send CONNECTION_CLOSE.
-    fn close_locally(&mut self, idx: usize, reason: DropReason, why: &[u8], now: Instant) {
+    fn close_locally(&mut self, idx: usize, reason: DropReason, why: &[u8]) {
         self.drop_queued(idx, reason);
         let Some(conn) = self.slots[idx].as_mut() else {
             return;
@@ -735,10 +736,9 @@ impl Engine {
         EngineStats::set(&self.stats.active_connections, self.by_addr.len() as u64);
         self.next_deadline = earliest(self.next_deadline, conn_deadline(conn, &self.config));
         self.mark_dirty(idx);
-        let _ = now;
     }
 
-    fn evict_lru(&mut self, now: Instant) {
+    fn evict_lru(&mut self) {
         let victim = self
             .by_addr
             .values()
@@ -747,7 +747,7 @@ impl Engine {
             .map(|(_, i)| i);
         if let Some(idx) = victim {
             EngineStats::add(&self.stats.evictions, 1);
-            self.close_locally(idx, DropReason::Evicted, b"evicted", now);
+            self.close_locally(idx, DropReason::Evicted, b"evicted");
         }
     }
 
@@ -999,10 +999,10 @@ mod tests {
                         moved = true;
                         self.rx.push(self.server_addr, &out[..n]);
                         if self.rx.len() == self.rx.capacity() {
-                            self.engine.recv(&mut self.rx, now);
+                            self.engine.recv(&mut self.rx);
                         }
                     }
-                    self.engine.recv(&mut self.rx, now);
+                    self.engine.recv(&mut self.rx);
                 }
                 self.outcomes.extend(self.engine.drain_outcomes());
                 if !moved {

@@ -212,3 +212,15 @@ pub fn signed_transfers(payer: &Keypair, n: usize) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// CLOCK_MONOTONIC in nanoseconds: comparable across processes (the benchmark's
+/// client and server), unlike `Instant`.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes into a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
