@@ -153,7 +153,10 @@ fn run_afterburner(
     wait_for_stdin_eof();
     let s = engine.stats().snapshot();
     if std::env::var_os("BENCH_VERBOSE").is_some() {
-        eprintln!("afterburner: cpu before shutdown {} us", cpu_us() - cpu_before);
+        eprintln!(
+            "afterburner: cpu before shutdown {} us",
+            cpu_us() - cpu_before
+        );
         eprintln!("afterburner: {:?}", engine.connection_info(target));
         eprintln!(
             "afterburner: {} datagrams out in {} send calls, {} in over {} receive calls, {} waits for stream credit",

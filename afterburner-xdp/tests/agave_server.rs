@@ -355,3 +355,63 @@ fn dead_address_times_out_while_live_one_delivers() {
     assert_eq!(last.kind, OutcomeKind::Dropped(DropReason::Backoff));
     assert_eq!(client.engine.stats().snapshot().connections_opened, 2);
 }
+
+/// Keep-alives hold an idle connection open well past the idle timeout, so the next
+/// transaction needs no new handshake.
+#[test]
+fn keep_alive_outlives_idle_timeout() {
+    let identity = Identity::random();
+    let server = AgaveServer::start(LOCALHOST_ANY.parse().unwrap(), &[(identity.pubkey(), 1)]);
+    let config = EngineConfig {
+        idle_timeout: Duration::from_millis(600),
+        keep_alive_interval: Duration::from_millis(150),
+        ..EngineConfig::default()
+    };
+    let client = Client::start(&identity, config);
+    client.engine.prewarm(server.addr).unwrap();
+    client.wait_for_credit(server.addr);
+    std::thread::sleep(Duration::from_millis(2_000));
+    let info = client
+        .engine
+        .connection_info(server.addr)
+        .expect("still connected");
+    assert!(info.established);
+    client
+        .engine
+        .submit(1, payload(1, 100).into(), server.addr)
+        .unwrap();
+    assert_eq!(server.wait_for(1, Duration::from_secs(5)), 1);
+    let stats = client.engine.stats().snapshot();
+    assert_eq!(stats.connections_opened, 1, "{stats:?}");
+    assert_eq!(stats.connections_lost, 0, "{stats:?}");
+    assert!(stats.keepalives >= 5, "{stats:?}");
+}
+
+/// Without keep-alives the idle timeout closes the connection (counted as lost), and
+/// the next transaction reconnects at once (a working connection was lost, no backoff).
+#[test]
+fn idle_timeout_closes_and_next_send_reconnects() {
+    let identity = Identity::random();
+    let server = AgaveServer::start(LOCALHOST_ANY.parse().unwrap(), &[(identity.pubkey(), 1)]);
+    let config = EngineConfig {
+        idle_timeout: Duration::from_millis(500),
+        keep_alive_interval: Duration::from_secs(600),
+        ..EngineConfig::default()
+    };
+    let client = Client::start(&identity, config);
+    client.engine.prewarm(server.addr).unwrap();
+    client.wait_for_credit(server.addr);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.engine.stats().snapshot().connections_lost == 0 {
+        assert!(Instant::now() < deadline, "idle timeout never fired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(client.engine.connection_info(server.addr).is_none());
+    client
+        .engine
+        .submit(1, payload(1, 100).into(), server.addr)
+        .unwrap();
+    assert_eq!(server.wait_for(1, Duration::from_secs(5)), 1);
+    assert_eq!(client.engine.stats().snapshot().connections_opened, 2);
+    assert_eq!(client.count(OutcomeKind::Sent), 1);
+}
