@@ -278,13 +278,10 @@ impl Engine {
             self.drop_tx(id, target, DropReason::ConnectionQueueFull);
             return;
         }
-        let established = matches!(conn.state, State::Established { .. });
+        // The next flush moves it into a stream (the driver flushes after every
+        // bounded pass of submissions, so the queue only holds what really waits).
         conn.queue.push_back(Pending { id, payload });
         self.queued += 1;
-        if established {
-            // Straight into a stream when credit allows: the queue only holds what waits.
-            self.pump_streams(idx, now, usize::MAX);
-        }
         self.mark_dirty(idx);
     }
 
