@@ -1,0 +1,27 @@
+//! Afterburner's view of the cluster: the current slot, the upcoming leaders and
+//! their TPU QUIC addresses, kept fresh from Solana RPC by background tasks and read
+//! without waiting by the gateway on every transaction.
+//!
+//! - [`slot`]: the slot estimate (median of projected observations).
+//! - [`window`]: leader windows from `getSlotLeaders`, fetched across epoch boundaries.
+//! - [`addresses`]: TPU QUIC addresses from `getClusterNodes`, with overrides.
+//! - [`fanout`]: the answer: distinct leaders to send to and to pre-warm.
+//! - [`source`]: the RPC calls behind a trait; `solana-client` endpoints with failover.
+//! - [`tracker`]: the tasks (websocket, polling, refresh) and the lock-free read side.
+//! - [`stats`]: counters for the gateway to export.
+
+pub mod addresses;
+pub mod fanout;
+pub mod slot;
+pub mod source;
+pub mod stats;
+pub mod tracker;
+pub mod window;
+
+#[cfg(test)]
+mod tests;
+
+pub use fanout::{Fanout, Leader, Leaders};
+pub use source::{ClientRpc, Failover, Method, RpcError, RpcSource};
+pub use stats::{SlotSource, TrackerStats};
+pub use tracker::{LeaderTracker, TrackerConfig, TrackerHandle};

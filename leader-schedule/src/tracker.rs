@@ -1,0 +1,530 @@
+//! [`LeaderTracker`]: the background tasks that keep the slot estimate, the leader
+//! window and the TPU addresses fresh, and [`TrackerHandle`], the cheap, lock-free
+//! read side the gateway calls on every transaction.
+//!
+//! Tasks: websocket slot updates (`slotsUpdatesSubscribe`, else `slotSubscribe`) with
+//! resubscription and backoff; `getSlot` polling whenever the websocket is down or
+//! silent; `getSlotLeaders` refetched before the window runs out; `getClusterNodes`
+//! on an interval. An RPC failure keeps the last good data; data older than
+//! `stale_after` is reported stale.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use futures_util::StreamExt;
+use solana_client::{nonblocking::pubsub_client::PubsubClient, rpc_response::SlotUpdate};
+use solana_sdk::{clock::Slot, epoch_schedule::EpochSchedule, pubkey::Pubkey};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    addresses::TpuAddresses,
+    fanout::{Fanout, Leaders, upcoming_leaders},
+    slot::SlotEstimator,
+    source::RpcSource,
+    stats::{SlotSource, TrackerStats},
+    window::{LeaderWindow, fetch_range},
+};
+
+/// Tracker configuration.
+#[derive(Clone, Debug)]
+pub struct TrackerConfig {
+    /// Websocket (pubsub) endpoints, tried in turn; empty: polling only.
+    pub websocket_urls: Vec<String>,
+    /// Slot duration of the cluster (400 ms today; lower on newer clusters).
+    pub slot_duration: Duration,
+    /// Slots of leaders fetched per `getSlotLeaders` (at most 5,000).
+    pub lookahead_slots: u64,
+    /// Refetch when fewer slots than this remain in the window.
+    pub refetch_below_slots: u64,
+    /// How often to refresh `getClusterNodes`.
+    pub cluster_nodes_interval: Duration,
+    /// Data (schedule, slot observations) older than this is reported stale.
+    pub stale_after: Duration,
+    /// Longest wait between websocket reconnection attempts.
+    pub websocket_backoff_max: Duration,
+    /// Static TPU QUIC addresses by identity (private peering); they win over gossip.
+    pub overrides: HashMap<Pubkey, SocketAddr>,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            websocket_urls: Vec::new(),
+            slot_duration: Duration::from_millis(400),
+            // tpu-client-next fetches 200 and refetches below 100.
+            lookahead_slots: 200,
+            refetch_below_slots: 100,
+            cluster_nodes_interval: Duration::from_secs(300),
+            stale_after: Duration::from_secs(30),
+            websocket_backoff_max: Duration::from_secs(30),
+            overrides: HashMap::new(),
+        }
+    }
+}
+
+struct Shared {
+    slots: ArcSwap<SlotEstimator>,
+    /// Serialises writers of `slots` (websocket and polling tasks).
+    slots_write: Mutex<()>,
+    window: ArcSwapOption<LeaderWindow>,
+    addresses: ArcSwap<TpuAddresses>,
+    stats: Arc<TrackerStats>,
+    stale_after: Duration,
+}
+
+/// The read side: cheap to clone, never waits on the network.
+#[derive(Clone)]
+pub struct TrackerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for TrackerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackerHandle")
+            .field("slot", &self.current_slot())
+            .finish()
+    }
+}
+
+impl TrackerHandle {
+    /// The estimated current slot.
+    pub fn current_slot(&self) -> Option<Slot> {
+        self.shared.slots.load().estimate(Instant::now())
+    }
+
+    /// Leaders to send to and to keep warm, right now.
+    pub fn leaders(&self, fanout: Fanout) -> Leaders {
+        let now = Instant::now();
+        let slots = self.shared.slots.load();
+        let slot = slots.estimate(now);
+        let window = self.shared.window.load();
+        let stale = self.is_stale_at(now);
+        let (Some(slot), Some(window)) = (slot, window.as_deref()) else {
+            return Leaders {
+                slot,
+                stale,
+                ..Leaders::default()
+            };
+        };
+        let addresses = self.shared.addresses.load();
+        let (send, connect) = upcoming_leaders(window, &addresses, slot, fanout);
+        Leaders {
+            slot: Some(slot),
+            send,
+            connect,
+            stale,
+        }
+    }
+
+    /// Age of the leader window, if one was fetched.
+    pub fn schedule_age(&self) -> Option<Duration> {
+        self.shared
+            .window
+            .load()
+            .as_ref()
+            .map(|w| w.fetched_at.elapsed())
+    }
+
+    /// Whether the schedule or the slot estimate is missing or older than `stale_after`
+    /// (the gateway's `/ready` uses this).
+    pub fn is_stale(&self) -> bool {
+        self.is_stale_at(Instant::now())
+    }
+
+    fn is_stale_at(&self, now: Instant) -> bool {
+        let limit = self.shared.stale_after;
+        let window_old = self
+            .shared
+            .window
+            .load()
+            .as_ref()
+            .is_none_or(|w| now.saturating_duration_since(w.fetched_at) > limit);
+        let slot_old = self
+            .shared
+            .slots
+            .load()
+            .last_observed_at()
+            .is_none_or(|t| now.saturating_duration_since(t) > limit);
+        window_old || slot_old
+    }
+
+    /// The tracker's counters.
+    pub fn stats(&self) -> &Arc<TrackerStats> {
+        &self.shared.stats
+    }
+
+    fn observe(&self, slot: Slot) {
+        let now = Instant::now();
+        let Ok(_guard) = self.shared.slots_write.lock() else {
+            return;
+        };
+        let mut next = SlotEstimator::clone(&self.shared.slots.load());
+        if next.observe(slot, now) {
+            self.shared.slots.store(Arc::new(next));
+            self.shared
+                .stats
+                .slot_observations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            self.shared
+                .stats
+                .slot_observations_rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn last_observed_at(&self) -> Option<Instant> {
+        self.shared.slots.load().last_observed_at()
+    }
+}
+
+/// Starts and owns the tracker's tasks.
+#[derive(Debug)]
+pub struct LeaderTracker {
+    handle: TrackerHandle,
+    tasks: JoinSet<()>,
+    cancel: CancellationToken,
+}
+
+impl LeaderTracker {
+    /// Spawns the tracker's tasks on the current tokio runtime.
+    pub fn spawn<S: RpcSource>(
+        config: TrackerConfig,
+        source: Arc<S>,
+        stats: Arc<TrackerStats>,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            slots: ArcSwap::from_pointee(SlotEstimator::new(config.slot_duration)),
+            slots_write: Mutex::new(()),
+            window: ArcSwapOption::empty(),
+            addresses: ArcSwap::from_pointee(TpuAddresses::with_overrides(
+                config.overrides.clone(),
+            )),
+            stats,
+            stale_after: config.stale_after,
+        });
+        let handle = TrackerHandle { shared };
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        if !config.websocket_urls.is_empty() {
+            tasks.spawn(websocket_task(
+                handle.clone(),
+                config.clone(),
+                cancel.clone(),
+            ));
+        }
+        tasks.spawn(poll_task(
+            handle.clone(),
+            source.clone(),
+            config.clone(),
+            cancel.clone(),
+        ));
+        tasks.spawn(schedule_task(
+            handle.clone(),
+            source.clone(),
+            config.clone(),
+            cancel.clone(),
+        ));
+        tasks.spawn(nodes_task(handle.clone(), source, config, cancel.clone()));
+        Self {
+            handle,
+            tasks,
+            cancel,
+        }
+    }
+
+    /// The read side.
+    pub fn handle(&self) -> TrackerHandle {
+        self.handle.clone()
+    }
+
+    /// Stops every task and waits for them.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Drop for LeaderTracker {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Sleeps `d` unless cancelled; returns false when cancelled.
+async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+async fn websocket_task(handle: TrackerHandle, config: TrackerConfig, cancel: CancellationToken) {
+    let stats = handle.stats().clone();
+    let mut backoff = Duration::from_millis(250);
+    let mut url_index = 0;
+    while !cancel.is_cancelled() {
+        let url = &config.websocket_urls[url_index % config.websocket_urls.len()];
+        url_index += 1;
+        let connected =
+            tokio::time::timeout(Duration::from_secs(5), PubsubClient::new(url.as_str())).await;
+        match connected {
+            Ok(Ok(client)) => {
+                if follow_slots(&handle, &client, &cancel, &stats).await {
+                    // It worked for a while: start the backoff over.
+                    backoff = Duration::from_millis(250);
+                }
+                client.shutdown().await.ok();
+            }
+            Ok(Err(e)) => tracing::debug!(url, error = %e, "websocket connect failed"),
+            Err(_) => tracing::debug!(url, "websocket connect timed out"),
+        }
+        if stats.slot_source() == SlotSource::Websocket {
+            stats.set_slot_source(SlotSource::Polling);
+        }
+        if !pause(&cancel, backoff).await {
+            return;
+        }
+        backoff = (backoff * 2).min(config.websocket_backoff_max);
+    }
+}
+
+/// Follows slot updates until the stream ends. Returns whether anything was received.
+async fn follow_slots(
+    handle: &TrackerHandle,
+    client: &PubsubClient,
+    cancel: &CancellationToken,
+    stats: &TrackerStats,
+) -> bool {
+    let mut received = false;
+    match client.slot_updates_subscribe().await {
+        Ok((mut updates, unsubscribe)) => {
+            stats
+                .websocket_subscriptions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            loop {
+                let update = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    u = updates.next() => u,
+                };
+                let Some(update) = update else { break };
+                let slot = match update {
+                    SlotUpdate::FirstShredReceived { slot, .. } => slot,
+                    // The slot after a completed one is being produced now.
+                    SlotUpdate::Completed { slot, .. } => slot.saturating_add(1),
+                    _ => continue,
+                };
+                received = true;
+                stats.set_slot_source(SlotSource::Websocket);
+                handle.observe(slot);
+            }
+            unsubscribe().await;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "slotsUpdatesSubscribe refused; trying slotSubscribe");
+            let Ok((mut slots, unsubscribe)) = client.slot_subscribe().await else {
+                return false;
+            };
+            stats
+                .websocket_subscriptions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            loop {
+                let info = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    s = slots.next() => s,
+                };
+                let Some(info) = info else { break };
+                received = true;
+                stats.set_slot_source(SlotSource::Websocket);
+                handle.observe(info.slot.saturating_add(1));
+            }
+            unsubscribe().await;
+        }
+    }
+    received
+}
+
+async fn poll_task<S: RpcSource>(
+    handle: TrackerHandle,
+    source: Arc<S>,
+    config: TrackerConfig,
+    cancel: CancellationToken,
+) {
+    let quiet = config.slot_duration * 3;
+    loop {
+        let websocket_alive = handle.stats().slot_source() == SlotSource::Websocket
+            && handle
+                .last_observed_at()
+                .is_some_and(|t| t.elapsed() < quiet);
+        if !websocket_alive {
+            match source.get_slot().await {
+                Ok(slot) => {
+                    if handle.stats().slot_source() != SlotSource::Websocket {
+                        handle.stats().set_slot_source(SlotSource::Polling);
+                    }
+                    // The processed slot is done; the next one is being produced.
+                    handle.observe(slot.saturating_add(1));
+                }
+                Err(e) => tracing::debug!(error = %e, "slot poll failed"),
+            }
+        }
+        if !pause(&cancel, config.slot_duration).await {
+            return;
+        }
+    }
+}
+
+async fn schedule_task<S: RpcSource>(
+    handle: TrackerHandle,
+    source: Arc<S>,
+    config: TrackerConfig,
+    cancel: CancellationToken,
+) {
+    let mut epoch_schedule: Option<EpochSchedule> = None;
+    loop {
+        if epoch_schedule.is_none() {
+            match source.get_epoch_schedule().await {
+                Ok(s) => epoch_schedule = Some(s),
+                Err(e) => tracing::warn!(error = %e, "no epoch schedule yet"),
+            }
+        }
+        if let (Some(schedule), Some(slot)) = (&epoch_schedule, handle.current_slot()) {
+            refresh_window(&handle, source.as_ref(), &config, schedule, slot).await;
+        }
+        if !pause(&cancel, config.slot_duration).await {
+            return;
+        }
+    }
+}
+
+/// Fetches a new leader window when the current one runs low; keeps the old one on error.
+pub(crate) async fn refresh_window<S: RpcSource>(
+    handle: &TrackerHandle,
+    source: &S,
+    config: &TrackerConfig,
+    schedule: &EpochSchedule,
+    slot: Slot,
+) {
+    let current = handle.shared.window.load_full();
+    let Some((start, limit)) = fetch_range(
+        current.as_deref(),
+        slot,
+        schedule,
+        config.lookahead_slots,
+        config.refetch_below_slots,
+    ) else {
+        return;
+    };
+    match source.get_slot_leaders(start, limit).await {
+        Ok(leaders) => {
+            let window = LeaderWindow {
+                start,
+                leaders,
+                fetched_at: Instant::now(),
+            };
+            handle
+                .stats()
+                .schedule_fetches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            handle.shared.window.store(Some(Arc::new(window)));
+            update_missing_gauge(handle);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, start, limit, "leader window not refreshed; keeping the last one")
+        }
+    }
+}
+
+async fn nodes_task<S: RpcSource>(
+    handle: TrackerHandle,
+    source: Arc<S>,
+    config: TrackerConfig,
+    cancel: CancellationToken,
+) {
+    loop {
+        let wait = match refresh_nodes(&handle, source.as_ref(), &config).await {
+            true => config.cluster_nodes_interval,
+            // Retry sooner while we have nothing or the last call failed.
+            false => config.cluster_nodes_interval.min(Duration::from_secs(5)),
+        };
+        if !pause(&cancel, wait).await {
+            return;
+        }
+    }
+}
+
+/// Refreshes the TPU address map; keeps the old one on error. Returns success.
+pub(crate) async fn refresh_nodes<S: RpcSource>(
+    handle: &TrackerHandle,
+    source: &S,
+    config: &TrackerConfig,
+) -> bool {
+    match source.get_cluster_nodes().await {
+        Ok(nodes) => {
+            let (map, report) = TpuAddresses::from_cluster_nodes(&nodes, config.overrides.clone());
+            if report.bad_pubkey > 0 || report.no_tpu > 0 {
+                tracing::debug!(?report, "getClusterNodes entries skipped");
+            }
+            handle.shared.addresses.store(Arc::new(map));
+            handle
+                .stats()
+                .cluster_node_fetches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            update_missing_gauge(handle);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster nodes not refreshed; keeping the last list");
+            false
+        }
+    }
+}
+
+fn update_missing_gauge(handle: &TrackerHandle) {
+    let Some(window) = handle.shared.window.load_full() else {
+        return;
+    };
+    let addresses = handle.shared.addresses.load();
+    let distinct: HashSet<&Pubkey> = window.leaders.iter().collect();
+    let missing = distinct
+        .iter()
+        .filter(|id| addresses.get(id).is_none())
+        .count();
+    handle
+        .stats()
+        .leaders_without_address
+        .store(missing as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg(test)]
+impl TrackerHandle {
+    /// A handle with no tasks, for driving the refresh functions by hand.
+    pub(crate) fn for_tests(config: &TrackerConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                slots: ArcSwap::from_pointee(SlotEstimator::new(config.slot_duration)),
+                slots_write: Mutex::new(()),
+                window: ArcSwapOption::empty(),
+                addresses: ArcSwap::from_pointee(TpuAddresses::with_overrides(
+                    config.overrides.clone(),
+                )),
+                stats: Arc::new(TrackerStats::default()),
+                stale_after: config.stale_after,
+            }),
+        }
+    }
+
+    pub(crate) fn observe_for_tests(&self, slot: Slot) {
+        self.observe(slot);
+    }
+
+    pub(crate) fn window_for_tests(&self) -> Option<Arc<LeaderWindow>> {
+        self.shared.window.load_full()
+    }
+}
