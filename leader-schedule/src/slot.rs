@@ -1,10 +1,10 @@
 //! [`SlotEstimator`]: the current slot, estimated from recent slot observations.
 //!
-//! Each observation (a websocket slot update or a polled `getSlot`) is projected to
-//! "now" by the slot duration; the estimate is the median of those projections, so a
-//! single late or bogus event cannot move it, and it keeps advancing by itself while
-//! no event arrives (a websocket outage). Like agave's tpu-client-next, observations
-//! far ahead of the current estimate are rejected.
+//! As in agave's tpu-client (`RecentLeaderSlots`), the estimate is the highest recent
+//! observation that is in line with the median of the last dozen (a validator can
+//! announce slots far in the future), so a single bogus or late event cannot move it.
+//! When no observation has arrived for a while (websocket and RPC both silent), it
+//! advances by itself from the newest one at one slot per `slot_duration`.
 
 use std::{
     collections::VecDeque,
@@ -53,20 +53,23 @@ impl SlotEstimator {
 
     /// The estimated current slot at `now`, if anything was observed.
     pub fn estimate(&self, now: Instant) -> Option<Slot> {
-        if self.recent.is_empty() {
-            return None;
-        }
-        let step = self.slot_duration.as_nanos();
-        let mut projected: Vec<Slot> = self
-            .recent
+        let newest_at = self.recent.iter().map(|&(_, at)| at).max()?;
+        let mut slots: Vec<Slot> = self.recent.iter().map(|&(slot, _)| slot).collect();
+        slots.sort_unstable();
+        let max_index = slots.len() - 1;
+        let median_index = max_index / 2;
+        let reasonable = slots[median_index]
+            .saturating_add((max_index - median_index) as u64)
+            .saturating_add(MAX_SLOTS_AHEAD);
+        let base = slots
             .iter()
-            .map(|&(slot, at)| {
-                let elapsed = now.saturating_duration_since(at).as_nanos() / step;
-                slot.saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX))
-            })
-            .collect();
-        projected.sort_unstable();
-        Some(projected[projected.len() / 2])
+            .rev()
+            .copied()
+            .find(|&s| s <= reasonable)
+            .unwrap_or(slots[median_index]);
+        let silent =
+            now.saturating_duration_since(newest_at).as_nanos() / self.slot_duration.as_nanos();
+        Some(base.saturating_add(u64::try_from(silent).unwrap_or(u64::MAX)))
     }
 
     /// When the newest observation was made.
@@ -105,6 +108,18 @@ mod tests {
         // A stale event (from a slow node) for slot 90 arrives now.
         e.observe(90, t0 + SLOT * 4);
         assert_eq!(e.estimate(t0 + SLOT * 4), Some(104));
+    }
+
+    #[test]
+    fn a_bogus_far_slot_among_recent_ones_is_ignored() {
+        let t0 = Instant::now();
+        let mut e = SlotEstimator::new(SLOT);
+        e.recent.push_back((100, t0));
+        e.recent.push_back((101, t0));
+        e.recent.push_back((102, t0));
+        // Bypassing observe(): as if it had been accepted before the others arrived.
+        e.recent.push_back((1_000_000, t0));
+        assert_eq!(e.estimate(t0), Some(102));
     }
 
     #[test]
