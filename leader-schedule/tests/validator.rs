@@ -152,8 +152,8 @@ async fn follows_a_real_validator_and_survives_a_websocket_outage() {
         rpc.get_slot().await.unwrap(),
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let ours = handle.current_slot().unwrap() - ours0;
-    let theirs = rpc.get_slot().await.unwrap() - theirs0;
+    let ours = handle.current_slot().unwrap() as i64 - ours0 as i64;
+    let theirs = rpc.get_slot().await.unwrap() as i64 - theirs0 as i64;
     println!("in 3 s: the cluster advanced {theirs} slots, the estimate {ours}");
     assert!(
         theirs > 0 && ours.abs_diff(theirs) <= 2,
