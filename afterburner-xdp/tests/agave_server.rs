@@ -9,94 +9,14 @@
 mod support;
 
 use std::{
-    collections::HashSet,
-    net::{SocketAddr, UdpSocket},
-    sync::{Arc, Mutex},
+    net::UdpSocket,
     time::{Duration, Instant},
 };
 
-use afterburner_xdp::{
-    DropReason, EngineConfig, EngineHandle, Identity, Outcome, OutcomeKind, udp::UdpIo,
-};
-use support::{AgaveServer, payload};
+use afterburner_xdp::{DropReason, EngineConfig, Identity, OutcomeKind};
+use support::{AgaveServer, client::Client, payload};
 
 const LOCALHOST_ANY: &str = "127.0.0.1:0";
-
-/// An engine on a loopback UDP socket with outcomes collected.
-struct Client {
-    engine: EngineHandle,
-    outcomes: Arc<Mutex<Vec<Outcome>>>,
-}
-
-impl Client {
-    fn start(identity: &Identity, config: EngineConfig) -> Self {
-        let io = UdpIo::bind(LOCALHOST_ANY.parse().unwrap()).unwrap();
-        let outcomes = Arc::new(Mutex::new(Vec::new()));
-        let sink = outcomes.clone();
-        let engine =
-            EngineHandle::spawn(config, identity, io, move |o| sink.lock().unwrap().push(o))
-                .unwrap();
-        Self { engine, outcomes }
-    }
-
-    fn outcome_count(&self) -> usize {
-        self.outcomes.lock().unwrap().len()
-    }
-
-    fn count(&self, kind: OutcomeKind) -> usize {
-        self.outcomes
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|o| o.kind == kind)
-            .count()
-    }
-
-    /// Waits until `n` outcomes were reported.
-    fn wait_outcomes(&self, n: usize, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        while self.outcome_count() < n && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        self.outcome_count()
-    }
-
-    /// Submits `payloads` to `target`, keeping at most `window` without an outcome.
-    fn send_windowed(
-        &self,
-        first_id: u64,
-        payloads: &[Vec<u8>],
-        target: SocketAddr,
-        window: usize,
-    ) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let base = self.outcome_count();
-        for (i, p) in payloads.iter().enumerate() {
-            while i - (self.outcome_count() - base) >= window {
-                assert!(Instant::now() < deadline, "engine stalled");
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            self.engine
-                .submit(first_id + i as u64, p.clone().into(), target)
-                .unwrap();
-        }
-    }
-
-    /// Waits for the connection to `target` to be established with stream credit.
-    fn wait_for_credit(&self, target: SocketAddr) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(info) = self.engine.connection_info(target)
-                && info.established
-                && info.stream_limit_uni > 0
-            {
-                return info.stream_limit_uni;
-            }
-            assert!(Instant::now() < deadline, "no stream credit from {target}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
 
 /// Staked identity: admitted as staked (512 streams, every packet flagged staked);
 /// 20,000 distinct transactions arrive byte-identical; no `invalid_stream` close.
@@ -108,43 +28,7 @@ fn staked_identity_delivers_20k_byte_identical() {
         &[(identity.pubkey(), 1_000_000)],
     );
     let client = Client::start(&identity, EngineConfig::default());
-    client.engine.prewarm(server.addr).unwrap();
-    // agave 3.1: staked streams = clamp(128 + share * (100000 - 128), 128, 512).
-    assert_eq!(client.wait_for_credit(server.addr), 512);
-
-    const N: usize = 20_000;
-    let payloads: Vec<Vec<u8>> = (0..N as u64)
-        .map(|i| payload(i, 8 + (i as usize * 7919) % (1232 - 7)))
-        .collect();
-    // Stay inside the per-connection queue (1024): the caller's backpressure.
-    client.send_windowed(0, &payloads, server.addr, 1_000);
-    assert_eq!(client.wait_outcomes(N, Duration::from_secs(60)), N);
-    assert_eq!(
-        client.count(OutcomeKind::Sent),
-        N,
-        "every transaction written to a stream: {:?}",
-        client.engine.stats().snapshot()
-    );
-    assert_eq!(
-        server.wait_for(N, Duration::from_secs(30)),
-        N,
-        "every transaction delivered"
-    );
-
-    let delivered = server.delivered();
-    assert!(
-        delivered.iter().all(|d| d.staked),
-        "every packet flagged from a staked node"
-    );
-    let got: HashSet<&[u8]> = delivered.iter().map(|d| d.data.as_slice()).collect();
-    let want: HashSet<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-    assert_eq!(got.len(), N, "no duplicates");
-    assert!(got == want, "delivered bytes differ from what was sent");
-
-    let stats = client.engine.stats().snapshot();
-    assert_eq!(stats.closed_by_peer, 0, "{stats:?}");
-    assert_eq!(stats.dropped_total(), 0, "{stats:?}");
-    assert_eq!(stats.connections_opened, 1, "one connection, reused");
+    support::client::staked_delivery(&client, &server, 20_000);
 }
 
 /// Random (unstaked) certificate: 128 streams, packets not flagged staked, delivery

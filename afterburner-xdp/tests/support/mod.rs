@@ -7,6 +7,9 @@
     reason = "test code: a failure should stop it loudly"
 )]
 
+pub mod client;
+pub mod netns;
+
 use std::{
     collections::HashMap,
     net::{SocketAddr, UdpSocket},
