@@ -227,7 +227,9 @@ fn other_traffic_on_the_interface_is_untouched() {
     assert!(s.kernel_rx >= 1, "reassembled datagram received on the reserved socket: {s:?}");
     assert!(program_counter(&io, "pass_ip_options_or_fragment") >= 2, "{s:?}");
     assert!(program_counter(&io, "redirected") >= 5, "{s:?}");
-    assert!(program_counter(&io, "pass_not_ours") >= 100, "{s:?}");
+    // The 50 inbound datagrams of the other-port exchange; TCP segments are not UDP.
+    assert!(program_counter(&io, "pass_not_ours") >= 50, "{s:?}");
+    assert!(program_counter(&io, "pass_not_udp") >= 10, "{s:?}");
     // No ICMP port-unreachable was provoked: the stranger's socket has no error queued.
     stranger.set_nonblocking(true).unwrap();
     let err = stranger.recv_from(&mut buf).unwrap_err();

@@ -19,6 +19,8 @@ use super::{
 const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
 /// What we ask for; older kernels refuse the option and keep 32.
 const TX_BUDGET: libc::c_int = 256;
+/// How long a busy queue is retried at bind.
+const BIND_BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What to ask of the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,34 +148,46 @@ impl XskSocket {
         } else {
             &[(libc::XDP_COPY, false)]
         };
-        for &(mode, zc) in modes {
-            let sa = libc::sockaddr_xdp {
-                sxdp_family: libc::AF_XDP as u16,
-                sxdp_flags: mode | libc::XDP_USE_NEED_WAKEUP,
-                sxdp_ifindex: ifindex,
-                sxdp_queue_id: queue_id,
-                sxdp_shared_umem_fd: 0,
-            };
-            // SAFETY: binding with a correctly sized sockaddr_xdp.
-            let rc = unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&sa as *const libc::sockaddr_xdp).cast(),
-                    size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-                )
-            };
-            if rc == 0 {
-                zero_copy = zc;
-                bound = Ok(());
+        // A queue released by a socket that just closed is freed by a kernel work
+        // item, a moment later: EBUSY then is retried briefly (a restart), after which
+        // it means another process holds the queue.
+        let busy_deadline = std::time::Instant::now() + BIND_BUSY_RETRY;
+        'modes: for &(mode, zc) in modes {
+            loop {
+                let sa = libc::sockaddr_xdp {
+                    sxdp_family: libc::AF_XDP as u16,
+                    sxdp_flags: mode | libc::XDP_USE_NEED_WAKEUP,
+                    sxdp_ifindex: ifindex,
+                    sxdp_queue_id: queue_id,
+                    sxdp_shared_umem_fd: 0,
+                };
+                // SAFETY: binding with a correctly sized sockaddr_xdp.
+                let rc = unsafe {
+                    libc::bind(
+                        fd.as_raw_fd(),
+                        (&sa as *const libc::sockaddr_xdp).cast(),
+                        size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+                    )
+                };
+                if rc == 0 {
+                    zero_copy = zc;
+                    bound = Ok(());
+                    break 'modes;
+                }
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < busy_deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
+                if zc {
+                    tracing::info!(
+                        queue_id,
+                        error = %err,
+                        "AF_XDP zero-copy unavailable on this driver/queue; using copy mode"
+                    );
+                }
+                bound = Err(err);
                 break;
-            }
-            bound = Err(io::Error::last_os_error());
-            if zc {
-                tracing::info!(
-                    queue_id,
-                    error = %bound.as_ref().err().map(ToString::to_string).unwrap_or_default(),
-                    "AF_XDP zero-copy unavailable on this driver/queue; using copy mode"
-                );
             }
         }
         bound.map_err(step("bind AF_XDP socket"))?;
