@@ -4,9 +4,14 @@
 //!
 //! - `prepare <dir> <n>`: writes `<dir>/id.json` (client identity) and `<dir>/txs.bin`
 //!   (`n` signed transfers, u16-length-prefixed);
-//! - `run <afterburner|tpu-client-next> <addr> <dir>`: prints `start <ns>` just before
-//!   it starts (CLOCK_MONOTONIC), sends everything, stays connected until stdin
-//!   closes, then prints `cpu_us <user+sys> sent <n>`.
+//! - `run <afterburner|afterburner-xdp|tpu-client-next> <addr> <dir> [<bind ip|interface>]`:
+//!   prints `start <ns>` just before it starts (CLOCK_MONOTONIC), sends everything,
+//!   stays connected until stdin closes, then prints `cpu_us <user+sys> sent <n>`.
+//!   The optional last argument is the local IP to bind (kernel UDP clients, default
+//!   127.0.0.1) or the interface to attach to (`afterburner-xdp`);
+//! - `raw <interface> <addr> <count> <size>`: the AF_XDP ceiling, no QUIC: sends
+//!   `count` UDP datagrams of `size` bytes through our AF_XDP backend as fast as the
+//!   rings take them; prints `start <ns>`, then `cpu_us <user+sys> sent <n> end <ns>`.
 #![allow(
     clippy::unwrap_used,
     reason = "test and benchmark code: a failure should stop it loudly"
@@ -25,7 +30,13 @@ use std::{
     },
 };
 
-use afterburner_xdp::{EngineConfig, EngineHandle, Identity, OutcomeKind, Submission, udp::UdpIo};
+use afterburner_xdp::{
+    EngineConfig, EngineHandle, Identity, OutcomeKind, Submission,
+    batch::TxBatch,
+    io::{IoCounters, PacketIo},
+    udp::UdpIo,
+    xdp::{XdpConfig, XdpIo},
+};
 use anyhow::{Context, Result, bail};
 use solana_sdk::signature::Keypair;
 use solana_tpu_client_next::{
@@ -41,16 +52,30 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("prepare") if args.len() == 4 => prepare(Path::new(&args[2]), args[3].parse()?),
-        Some("run") if args.len() == 5 => {
+        Some("raw") if args.len() == 6 => {
+            run_raw(&args[2], args[3].parse()?, args[4].parse()?, args[5].parse()?)
+        }
+        Some("run") if args.len() == 5 || args.len() == 6 => {
             let target: SocketAddr = args[3].parse()?;
             let dir = Path::new(&args[4]);
+            let local = args.get(5).map_or("127.0.0.1", String::as_str);
             let identity = Identity::from_keypair_file(dir.join("id.json"))?;
             let txs = load(&dir.join("txs.bin"))?;
             // Each client converts the transactions to its own input form first; CPU
             // is counted from `start` (see `announce_start`) to the end.
             let (sent, cpu_before) = match args[2].as_str() {
-                "afterburner" => run_afterburner(&identity, target, txs)?,
-                "tpu-client-next" => run_tpu_client_next(identity.keypair(), target, txs)?,
+                "afterburner" => {
+                    let io = UdpIo::bind(SocketAddr::new(local.parse()?, 0))?;
+                    run_afterburner(&identity, target, txs, io)?
+                }
+                "afterburner-xdp" => {
+                    let io = XdpIo::open(XdpConfig::new(local))?;
+                    run_afterburner(&identity, target, txs, io)?
+                }
+                "tpu-client-next" => {
+                    let bind = SocketAddr::new(local.parse()?, 0);
+                    run_tpu_client_next(identity.keypair(), target, txs, bind)?
+                }
                 other => bail!("unknown client {other}"),
             };
             let cpu = cpu_us() - cpu_before;
@@ -58,7 +83,9 @@ fn main() -> Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: tpu_bench_client prepare <dir> <n> | run <afterburner|tpu-client-next> <addr> <dir>"
+            "usage: tpu_bench_client prepare <dir> <n> \
+             | run <afterburner|afterburner-xdp|tpu-client-next> <addr> <dir> [<bind ip|interface>] \
+             | raw <interface> <addr> <count> <size>"
         ),
     }
 }
@@ -110,6 +137,7 @@ fn run_afterburner(
     identity: &Identity,
     target: SocketAddr,
     txs: Vec<Vec<u8>>,
+    io: impl PacketIo + 'static,
 ) -> Result<(u64, u64)> {
     let n = txs.len();
     // Same batching as tpu-client-next gets below: 64 transactions per queue entry.
@@ -138,7 +166,7 @@ fn run_afterburner(
     let engine = EngineHandle::spawn(
         config,
         identity,
-        UdpIo::bind("127.0.0.1:0".parse()?)?,
+        io,
         move |o: afterburner_xdp::Outcome| {
             if o.kind == OutcomeKind::Sent {
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -184,6 +212,7 @@ fn run_tpu_client_next(
     keypair: &Keypair,
     target: SocketAddr,
     txs: Vec<Vec<u8>>,
+    bind: SocketAddr,
 ) -> Result<(u64, u64)> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -204,7 +233,7 @@ fn run_tpu_client_next(
             cancel.clone(),
         );
         let config = ConnectionWorkersSchedulerConfig {
-            bind: BindTarget::Address("127.0.0.1:0".parse()?),
+            bind: BindTarget::Address(bind),
             stake_identity: Some(StakeIdentity::new(keypair)),
             num_connections: 1,
             skip_check_transaction_age: true,
@@ -225,6 +254,43 @@ fn run_tpu_client_next(
         anyhow::Ok((stats, cpu_before))
     })?;
     Ok((stats.successfully_sent.load(Ordering::Relaxed), cpu_before))
+}
+
+/// Plain UDP datagrams through the AF_XDP backend, as fast as the TX ring takes them:
+/// the ceiling of this path on this machine (frames built by our builder, no QUIC).
+fn run_raw(interface: &str, target: SocketAddr, count: usize, size: usize) -> Result<()> {
+    let mut io = XdpIo::open(XdpConfig::new(interface))?;
+    let mut counters = IoCounters::default();
+    let mut batch = TxBatch::new(64);
+    // Resolve the next hop first (the first datagram goes through the kernel while
+    // ARP runs), outside the measurement.
+    batch.spare(size).context("datagram size")?;
+    batch.commit(size, target);
+    io.send(&mut batch, &mut counters)?;
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let payload = vec![0xabu8; size];
+    let cpu_before = announce_start()?;
+    let mut sent = 0;
+    while sent < count {
+        while !batch.is_full() && sent + batch.pending().len() < count {
+            let Some(slot) = batch.spare(size) else {
+                break;
+            };
+            slot[..size].copy_from_slice(&payload);
+            batch.commit(size, target);
+        }
+        let before = batch.pending().len();
+        io.send(&mut batch, &mut counters)?;
+        sent += before - batch.pending().len();
+    }
+    let end = support::mono_ns();
+    let cpu = cpu_us() - cpu_before;
+    let s = io.stats().snapshot();
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        eprintln!("raw: {counters:?} {s:?}");
+    }
+    println!("cpu_us {cpu} sent {sent} end {end}");
+    Ok(())
 }
 
 fn cpu_us() -> u64 {

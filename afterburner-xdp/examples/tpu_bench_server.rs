@@ -28,19 +28,18 @@ use solana_sdk::signer::Signer;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, flag, keypair] = args.as_slice() else {
-        bail!("usage: tpu_bench_server --staked-keypair <file>");
+    let usage = "usage: tpu_bench_server --staked-keypair <file> [--bind <addr>]";
+    let (keypair, bind) = match args.as_slice() {
+        [_, flag, keypair] if flag == "--staked-keypair" => (keypair, "127.0.0.1:0"),
+        [_, flag, keypair, bflag, bind] if flag == "--staked-keypair" && bflag == "--bind" => {
+            (keypair, bind.as_str())
+        }
+        _ => bail!(usage),
     };
-    if flag != "--staked-keypair" {
-        bail!("usage: tpu_bench_server --staked-keypair <file>");
-    }
     let staked = solana_sdk::signature::read_keypair_file(keypair)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("reading {keypair}"))?;
-    // The client identity holds all the stake, so the server's throttle does not set
-    // the pace: the clients do.
-    let server =
-        support::AgaveServer::start("127.0.0.1:0".parse()?, &[(staked.pubkey(), 1_000_000)]);
+    let server = support::AgaveServer::start(bind.parse()?, &[(staked.pubkey(), 1_000_000)]);
     let stdout = Arc::new(Mutex::new(std::io::stdout()));
     writeln!(stdout.lock().unwrap(), "ready {}", server.addr)?;
     stdout.lock().unwrap().flush()?;

@@ -18,16 +18,29 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+#[path = "../../afterburner-xdp/tests/support/netns.rs"]
+mod netns;
+mod xdp_bench;
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("bench") => bench(&args[1..]),
         Some("test") => test(&args[1..]),
+        Some("bench-xdp") => xdp_bench::bench_xdp(&args[1..]),
+        Some("ebpf") => ebpf(&args[1..]),
+        Some("netns") => netns_cmd(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  bench [--txs N] [--pairs P]   engine vs tpu-client-next against agave's TPU server\n  \
+                 bench-xdp [--txs N] [--pairs P] [--raw N]\n    \
+                                               raw AF_XDP vs engine over AF_XDP vs engine over UDP vs\n    \
+                                               tpu-client-next, on a veth pair (root)\n  \
+                 ebpf [--check]                rebuild the XDP object (nightly + bpf-linker);\n    \
+                                               --check: fail if the checked-in object differs\n  \
+                 netns up [--queues N] | down  the test topology: two namespaces and a veth pair\n  \
                  test [cargo test args]        the whole test suite"
             );
             std::process::exit(2);
@@ -62,8 +75,105 @@ fn run(mut cmd: Command) -> Result<()> {
     Ok(())
 }
 
-/// Formatting, lints, then every test. Extra arguments go to `cargo test`.
+/// The checked-in XDP object, relative to the workspace root.
+const EBPF_OBJECT: &str = "afterburner-xdp/bpf/afterburner_xdp.o";
+
+/// Builds `afterburner-ebpf` (nightly, `-Z build-std=core`, bpf-linker) and installs
+/// the object at [`EBPF_OBJECT`]; with `--check`, compares instead and fails on a
+/// difference (CI: the checked-in object is what the source builds to).
+fn ebpf(args: &[String]) -> Result<()> {
+    let check = match args {
+        [] => false,
+        [a] if a == "--check" => true,
+        _ => bail!("usage: cargo xtask ebpf [--check]"),
+    };
+    let target = target_dir().join("ebpf");
+    // Nightly through rustup (the workspace's rust-toolchain.toml names stable, and
+    // the environment cargo gave us points at it).
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(workspace_root().join("afterburner-ebpf"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTDOC")
+        .env_remove("CARGO")
+        .args(["run", "nightly", "cargo"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--locked",
+            "--target-dir",
+        ])
+        .arg(&target);
+    run(cmd).context("building the XDP program needs nightly with rust-src and bpf-linker (./x installs them)")?;
+    let built = target.join("bpfel-unknown-none/release/afterburner_xdp");
+    let fresh = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    let installed = workspace_root().join(EBPF_OBJECT);
+    if check {
+        let current = std::fs::read(&installed).with_context(|| format!("reading {}", installed.display()))?;
+        if current != fresh {
+            bail!(
+                "{EBPF_OBJECT} does not match afterburner-ebpf's source ({} bytes checked in, {} built): \
+                 run `cargo xtask ebpf` and commit the object",
+                current.len(),
+                fresh.len()
+            );
+        }
+        println!("{EBPF_OBJECT}: matches the source ({} bytes)", fresh.len());
+    } else {
+        std::fs::write(&installed, &fresh)?;
+        println!("wrote {EBPF_OBJECT} ({} bytes)", fresh.len());
+    }
+    Ok(())
+}
+
+/// `netns up [--queues N]`: creates the test topology and leaves it in place;
+/// `netns down`: removes every topology namespace of this tool.
+fn netns_cmd(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("up") => {
+            let queues = match args.get(1).map(String::as_str) {
+                Some("--queues") => args.get(2).context("--queues needs a value")?.parse()?,
+                None => 1,
+                Some(other) => bail!("unknown argument {other}"),
+            };
+            let topo = netns::Topology::create(queues)?;
+            println!(
+                "{} ({} {}) <-> {} ({} {})",
+                topo.server_ns,
+                netns::SERVER_IF,
+                netns::SERVER_IP,
+                topo.client_ns,
+                netns::CLIENT_IF,
+                netns::CLIENT_IP
+            );
+            println!("run inside with: ip netns exec {} <command>", topo.client_ns);
+            // Left in place on purpose; `cargo xtask netns down` removes it.
+            std::mem::forget(topo);
+            Ok(())
+        }
+        Some("down") => {
+            let list = netns::ip(&["netns", "list"])?;
+            for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+                if name.starts_with(netns::PREFIX) {
+                    netns::ip(&["netns", "del", name])?;
+                    println!("removed {name}");
+                }
+            }
+            Ok(())
+        }
+        _ => bail!("usage: cargo xtask netns up [--queues N] | down"),
+    }
+}
+
+/// The XDP object check, formatting, lints, then every test. Extra arguments go to
+/// `cargo test`.
 fn test(extra: &[String]) -> Result<()> {
+    ebpf(&["--check".to_string()])?;
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run(fmt)?;
@@ -100,7 +210,7 @@ fn test(extra: &[String]) -> Result<()> {
 }
 
 /// A child process spoken to line by line.
-struct Peer {
+pub(crate) struct Peer {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
@@ -108,7 +218,7 @@ struct Peer {
 }
 
 impl Peer {
-    fn spawn(name: &'static str, mut cmd: Command) -> Result<Self> {
+    pub(crate) fn spawn(name: &'static str, mut cmd: Command) -> Result<Self> {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -131,7 +241,7 @@ impl Peer {
         })
     }
 
-    fn send(&mut self, line: &str) -> Result<()> {
+    pub(crate) fn send(&mut self, line: &str) -> Result<()> {
         let stdin = self.stdin.as_mut().context("stdin closed")?;
         writeln!(stdin, "{line}")?;
         stdin.flush()?;
@@ -139,7 +249,7 @@ impl Peer {
     }
 
     /// The next line starting with `word`, split into its fields.
-    fn expect(&self, word: &str, timeout: Duration) -> Result<Vec<String>> {
+    pub(crate) fn expect(&self, word: &str, timeout: Duration) -> Result<Vec<String>> {
         let line = self
             .lines
             .recv_timeout(timeout)
@@ -175,6 +285,8 @@ struct RunResult {
     delivered: u64,
     tx_per_s: f64,
     cpu_us_per_tx: f64,
+    /// From the client's start to the last delivery.
+    secs: f64,
 }
 
 const CLIENTS: [&str; 2] = ["afterburner", "tpu-client-next"];
@@ -255,15 +367,6 @@ fn bench(args: &[String]) -> Result<()> {
     drop(server);
     drop(dir_guard);
 
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    };
     println!("\nmedians over {pairs} pairs:");
     for (i, name) in CLIENTS.iter().enumerate() {
         println!(
@@ -299,10 +402,20 @@ fn bench_run(
     dir: &PathBuf,
     txs: usize,
 ) -> Result<RunResult> {
-    server.send(&format!("expect {txs}"))?;
-    server.expect("ok", Duration::from_secs(10))?;
     let mut cmd = Command::new(client_bin);
     cmd.arg("run").arg(client).arg(addr).arg(dir);
+    bench_run_cmd(server, client, cmd, txs)
+}
+
+/// One client run (`cmd`, a `tpu_bench_client run …`) against the server.
+fn bench_run_cmd(
+    server: &mut Peer,
+    client: &'static str,
+    cmd: Command,
+    txs: usize,
+) -> Result<RunResult> {
+    server.send(&format!("expect {txs}"))?;
+    server.expect("ok", Duration::from_secs(10))?;
     let mut peer = Peer::spawn(client, cmd)?;
     let start: u64 = field(&peer.expect("start", Duration::from_secs(30))?, 1)?;
     let done = match server.expect("done", Duration::from_secs(60)) {
@@ -339,7 +452,22 @@ fn bench_run(
         delivered,
         tx_per_s: delivered as f64 / secs.max(1e-9),
         cpu_us_per_tx: cpu_us as f64 / delivered as f64,
+        secs,
     })
+}
+
+/// The median (mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 struct RemoveOnDrop(PathBuf);
