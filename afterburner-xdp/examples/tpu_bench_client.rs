@@ -52,9 +52,12 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("prepare") if args.len() == 4 => prepare(Path::new(&args[2]), args[3].parse()?),
-        Some("raw") if args.len() == 6 => {
-            run_raw(&args[2], args[3].parse()?, args[4].parse()?, args[5].parse()?)
-        }
+        Some("raw") if args.len() == 6 => run_raw(
+            &args[2],
+            args[3].parse()?,
+            args[4].parse()?,
+            args[5].parse()?,
+        ),
         Some("run") if args.len() == 5 || args.len() == 6 => {
             let target: SocketAddr = args[3].parse()?;
             let dir = Path::new(&args[4]);
@@ -63,23 +66,33 @@ fn main() -> Result<()> {
             let txs = load(&dir.join("txs.bin"))?;
             // Each client converts the transactions to its own input form first; CPU
             // is counted from `start` (see `announce_start`) to the end.
-            let (sent, cpu_before) = match args[2].as_str() {
+            let (sent, cpu_before, packets) = match args[2].as_str() {
                 "afterburner" => {
                     let io = UdpIo::bind(SocketAddr::new(local.parse()?, 0))?;
                     run_afterburner(&identity, target, txs, io)?
                 }
                 "afterburner-xdp" => {
                     let io = XdpIo::open(XdpConfig::new(local))?;
-                    run_afterburner(&identity, target, txs, io)?
+                    let stats = io.stats();
+                    let r = run_afterburner(&identity, target, txs, io)?;
+                    if std::env::var_os("BENCH_VERBOSE").is_some() {
+                        eprintln!("afterburner-xdp: {:?}", stats.snapshot());
+                    }
+                    r
                 }
                 "tpu-client-next" => {
                     let bind = SocketAddr::new(local.parse()?, 0);
-                    run_tpu_client_next(identity.keypair(), target, txs, bind)?
+                    let (sent, cpu) = run_tpu_client_next(identity.keypair(), target, txs, bind)?;
+                    (sent, cpu, None)
                 }
                 other => bail!("unknown client {other}"),
             };
             let cpu = cpu_us() - cpu_before;
-            println!("cpu_us {cpu} sent {sent}");
+            // Datagrams sent, where the client can tell (not tpu-client-next).
+            match packets {
+                Some(p) => println!("cpu_us {cpu} sent {sent} packets {p}"),
+                None => println!("cpu_us {cpu} sent {sent}"),
+            }
             Ok(())
         }
         _ => bail!(
@@ -138,7 +151,7 @@ fn run_afterburner(
     target: SocketAddr,
     txs: Vec<Vec<u8>>,
     io: impl PacketIo + 'static,
-) -> Result<(u64, u64)> {
+) -> Result<(u64, u64, Option<u64>)> {
     let n = txs.len();
     // Same batching as tpu-client-next gets below: 64 transactions per queue entry.
     let mut batches: Vec<Vec<Submission>> = txs
@@ -163,16 +176,11 @@ fn run_afterburner(
     };
     let sent = Arc::new(AtomicU64::new(0));
     let counter = sent.clone();
-    let engine = EngineHandle::spawn(
-        config,
-        identity,
-        io,
-        move |o: afterburner_xdp::Outcome| {
-            if o.kind == OutcomeKind::Sent {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-        },
-    )?;
+    let engine = EngineHandle::spawn(config, identity, io, move |o: afterburner_xdp::Outcome| {
+        if o.kind == OutcomeKind::Sent {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    })?;
     for batch in batches.drain(..) {
         if let Err((e, _)) = engine.submit_batch(batch) {
             bail!("submit refused: {e}");
@@ -192,7 +200,11 @@ fn run_afterburner(
         );
     }
     engine.shutdown()?;
-    Ok((sent.load(Ordering::Relaxed), cpu_before))
+    Ok((
+        sent.load(Ordering::Relaxed),
+        cpu_before,
+        Some(s.packets_sent),
+    ))
 }
 
 struct FixedLeader(SocketAddr);

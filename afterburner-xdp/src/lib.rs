@@ -28,6 +28,6 @@ pub use config::EngineConfig;
 pub use driver::{EngineHandle, OutcomeSink, Submission, SubmitError};
 pub use engine::{ConnectionInfo, Engine, EngineError};
 pub use identity::Identity;
-pub use path::{AnyIo, PacketPath, PathError};
 pub use outcome::{DropReason, Outcome, OutcomeKind};
+pub use path::{AnyIo, PacketPath, PathError};
 pub use stats::{EngineStats, EngineStatsSnapshot};

@@ -114,3 +114,32 @@ impl PacketIo for AnyIo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xdp_failure_falls_back_to_udp_only_when_configured() {
+        let config = XdpConfig::new("no-such-if0");
+        let fallback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let io = AnyIo::open(&PacketPath::Xdp {
+            config: config.clone(),
+            fallback: Some(fallback),
+        })
+        .unwrap();
+        assert!(matches!(io, AnyIo::Udp(_)));
+        assert!(io.xdp_stats().is_none());
+
+        let err = AnyIo::open(&PacketPath::Xdp {
+            config,
+            fallback: None,
+        })
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("no-such-if0"),
+            "the cause names the interface: {msg}"
+        );
+    }
+}

@@ -131,44 +131,14 @@ fn empty_and_oversized_refused_locally() {
 fn reconnects_after_server_restart() {
     let identity = Identity::random();
     let stakes = [(identity.pubkey(), 1_000)];
-    let first = AgaveServer::start(LOCALHOST_ANY.parse().unwrap(), &stakes);
-    let addr = first.addr;
     let config = EngineConfig {
         idle_timeout: Duration::from_secs(3),
         ..EngineConfig::default()
     };
     let client = Client::start(&identity, config);
-    for i in 0..100 {
-        client
-            .engine
-            .submit(i, payload(i, 300).into(), addr)
-            .unwrap();
-    }
-    assert_eq!(first.wait_for(100, Duration::from_secs(10)), 100);
-    first.stop();
-
-    let second = AgaveServer::start(addr, &stakes);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut next = 1_000u64;
-    // Submit after the restart until the new server has 100 from us.
-    while second.delivered_count() < 100 {
-        assert!(
-            Instant::now() < deadline,
-            "no delivery after restart: {:?}",
-            client.engine.stats().snapshot()
-        );
-        let _ = client.engine.submit(next, payload(next, 300).into(), addr);
-        next += 1;
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let stats = client.engine.stats().snapshot();
-    assert_eq!(stats.connections_opened, 2, "{stats:?}");
-    // Everything submitted has exactly one outcome.
-    assert_eq!(
-        client.wait_outcomes(next as usize - 900, Duration::from_secs(10)),
-        next as usize - 900
-    );
-    println!("after restart: {stats:?}");
+    support::client::reconnects_after_restart(&client, LOCALHOST_ANY.parse().unwrap(), |addr| {
+        AgaveServer::start(addr, &stakes)
+    });
 }
 
 /// An address where nothing answers: the handshake times out (counted, queue dropped,

@@ -35,7 +35,9 @@ fn xdp_config() -> XdpConfig {
 }
 
 fn open_xdp(topo: &Topology, config: XdpConfig) -> XdpIo {
-    in_netns(&topo.client_ns, move || XdpIo::open(config).expect("AF_XDP setup"))
+    in_netns(&topo.client_ns, move || {
+        XdpIo::open(config).expect("AF_XDP setup")
+    })
 }
 
 fn program_counter(io: &XdpIo, label: &str) -> u64 {
@@ -73,7 +75,7 @@ fn staked_20k_over_af_xdp() {
 }
 
 /// Two RX queues: one AF_XDP socket each, and the conformance check still holds
-/// whichever queue the replies arrive on.
+/// whichever queue the replies arrive on; the engine thread busy-polls here.
 #[test]
 fn multi_queue_interface_gets_a_socket_per_queue() {
     if !root_or_skip("multi_queue_interface_gets_a_socket_per_queue") {
@@ -89,10 +91,36 @@ fn multi_queue_interface_gets_a_socket_per_queue() {
     assert_eq!(io.link().rx_queues, 2);
     let stats = io.stats();
     assert_eq!(stats.snapshot().queues, 2);
-    let client = Client::start_with_io(&identity, EngineConfig::default(), io);
+    let config = EngineConfig {
+        busy_poll: true,
+        ..EngineConfig::default()
+    };
+    let client = Client::start_with_io(&identity, config, io);
     staked_delivery(&client, &server, 2_000);
     let s = stats.snapshot();
     assert!(s.rx_frames + s.kernel_rx > 10, "{s:?}");
+}
+
+/// The restart check over AF_XDP: the server in the other namespace stops and a
+/// new one starts on the same address; the engine reconnects and delivers.
+#[test]
+fn reconnects_after_server_restart_over_af_xdp() {
+    if !root_or_skip("reconnects_after_server_restart_over_af_xdp") {
+        return;
+    }
+    let topo = Topology::create(1).unwrap();
+    let identity = Identity::random();
+    let stakes = [(identity.pubkey(), 1_000)];
+    let io = open_xdp(&topo, xdp_config());
+    let config = EngineConfig {
+        idle_timeout: Duration::from_secs(3),
+        ..EngineConfig::default()
+    };
+    let client = Client::start_with_io(&identity, config, io);
+    let ns = topo.server_ns.clone();
+    support::client::reconnects_after_restart(&client, SocketAddr::from((SERVER_IP, 0)), |addr| {
+        in_netns(&ns, move || AgaveServer::start(addr, &stakes))
+    });
 }
 
 /// Frames we build are accepted by the peer's kernel (which verifies the IPv4 and UDP
@@ -109,7 +137,10 @@ fn built_frames_pass_the_peer_kernels_checks() {
     let mut io = open_xdp(&topo, xdp_config());
     let mut counters = IoCounters::default();
 
-    let sizes: Vec<usize> = (0..=1472).step_by(89).chain([1, 2, 3, 1471, 1472]).collect();
+    let sizes: Vec<usize> = (0..=1472)
+        .step_by(89)
+        .chain([1, 2, 3, 1471, 1472])
+        .collect();
     let mut batch = TxBatch::new(sizes.len());
     for (i, &len) in sizes.iter().enumerate() {
         let slot = batch.spare(len).unwrap();
@@ -126,9 +157,17 @@ fn built_frames_pass_the_peer_kernels_checks() {
     let mut received = 0;
     while received < sizes.len() {
         let (n, from) = peer.recv_from(&mut buf).expect("datagram within 2 s");
-        assert_eq!(from, SocketAddr::V4(SocketAddrV4::new(CLIENT_IP, io.local_addr().port())));
+        assert_eq!(
+            from,
+            SocketAddr::V4(SocketAddrV4::new(CLIENT_IP, io.local_addr().port()))
+        );
         let i = sizes.iter().position(|&l| l == n).unwrap();
-        assert!(buf[..n].iter().enumerate().all(|(j, b)| *b == (i * 31 + j) as u8));
+        assert!(
+            buf[..n]
+                .iter()
+                .enumerate()
+                .all(|(j, b)| *b == (i * 31 + j) as u8)
+        );
         received += 1;
     }
     // Round 1 left through the kernel socket while ARP resolved; let the unresolved
@@ -144,12 +183,23 @@ fn built_frames_pass_the_peer_kernels_checks() {
     }
     io.send(&mut batch, &mut counters).unwrap();
     for _ in 0..sizes.len() {
-        let (n, _) = peer.recv_from(&mut buf).expect("every frame accepted by the peer kernel");
+        let (n, _) = peer
+            .recv_from(&mut buf)
+            .expect("every frame accepted by the peer kernel");
         let i = sizes.iter().position(|&l| l == n).unwrap();
-        assert!(buf[..n].iter().enumerate().all(|(j, b)| *b == (i * 31 + j) as u8 ^ 0x5a));
+        assert!(
+            buf[..n]
+                .iter()
+                .enumerate()
+                .all(|(j, b)| *b == (i * 31 + j) as u8 ^ 0x5a)
+        );
     }
     let after = io.stats().snapshot();
-    assert_eq!(after.tx_frames - before.tx_frames, sizes.len() as u64, "all as our own frames");
+    assert_eq!(
+        after.tx_frames - before.tx_frames,
+        sizes.len() as u64,
+        "all as our own frames"
+    );
     assert_eq!(after.kernel_tx, before.kernel_tx);
 }
 
@@ -175,7 +225,9 @@ fn other_traffic_on_the_interface_is_untouched() {
     }
     let mut buf = [0u8; 4096];
     for i in 0..50u8 {
-        srv_udp.send_to(&[i; 100], cli_udp.local_addr().unwrap()).unwrap();
+        srv_udp
+            .send_to(&[i; 100], cli_udp.local_addr().unwrap())
+            .unwrap();
         let (n, from) = cli_udp.recv_from(&mut buf).unwrap();
         assert_eq!((n, buf[0]), (100, i));
         cli_udp.send_to(&buf[..n], from).unwrap();
@@ -184,7 +236,9 @@ fn other_traffic_on_the_interface_is_untouched() {
     }
 
     // TCP, client side in the XDP namespace connecting out and the server side in it too.
-    let listener = in_netns(&topo.server_ns, || TcpListener::bind((SERVER_IP, 0)).unwrap());
+    let listener = in_netns(&topo.server_ns, || {
+        TcpListener::bind((SERVER_IP, 0)).unwrap()
+    });
     let laddr = listener.local_addr().unwrap();
     let echo = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
@@ -219,13 +273,23 @@ fn other_traffic_on_the_interface_is_untouched() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let stranger_addr = stranger.local_addr().unwrap();
-    assert_eq!(got.iter().filter(|g| **g == (stranger_addr, 15)).count(), 5, "{got:?}");
+    assert_eq!(
+        got.iter().filter(|g| **g == (stranger_addr, 15)).count(),
+        5,
+        "{got:?}"
+    );
     // The reassembled datagram exceeds our batch slot (1500): received on the kernel
     // socket, truncated to the slot, and counted; QUIC would refuse it like any junk.
     io.refresh_stats();
     let s = io.stats().snapshot();
-    assert!(s.kernel_rx >= 1, "reassembled datagram received on the reserved socket: {s:?}");
-    assert!(program_counter(&io, "pass_ip_options_or_fragment") >= 2, "{s:?}");
+    assert!(
+        s.kernel_rx >= 1,
+        "reassembled datagram received on the reserved socket: {s:?}"
+    );
+    assert!(
+        program_counter(&io, "pass_ip_options_or_fragment") >= 2,
+        "{s:?}"
+    );
     assert!(program_counter(&io, "redirected") >= 5, "{s:?}");
     // The 50 inbound datagrams of the other-port exchange; TCP segments are not UDP.
     assert!(program_counter(&io, "pass_not_ours") >= 50, "{s:?}");
@@ -257,7 +321,11 @@ fn attach_modes() {
     }
     let topo = Topology::create(1).unwrap();
     let io = open_xdp(&topo, xdp_config());
-    assert_eq!(io.attach_mode(), AttachMode::Driver, "veth supports native XDP");
+    assert_eq!(
+        io.attach_mode(),
+        AttachMode::Driver,
+        "veth supports native XDP"
+    );
     drop(io);
     let io = open_xdp(
         &topo,
@@ -267,7 +335,11 @@ fn attach_modes() {
         },
     );
     assert_eq!(io.attach_mode(), AttachMode::Generic);
-    assert!(Topology::link_details(&topo.client_ns, CLIENT_IF).unwrap().contains("xdpgeneric"));
+    assert!(
+        Topology::link_details(&topo.client_ns, CLIENT_IF)
+            .unwrap()
+            .contains("xdpgeneric")
+    );
     assert!(!io.zero_copy(), "veth has no zero-copy AF_XDP");
 }
 
@@ -278,7 +350,9 @@ fn setup_errors_name_the_cause() {
         return;
     }
     let topo = Topology::create(1).unwrap();
-    let e = in_netns(&topo.client_ns, || XdpIo::open(XdpConfig::new("nope0")).unwrap_err());
+    let e = in_netns(&topo.client_ns, || {
+        XdpIo::open(XdpConfig::new("nope0")).unwrap_err()
+    });
     assert!(e.to_string().contains("nope0"), "{e}");
     // The other end's address is not ours to bind.
     let e = in_netns(&topo.client_ns, || {
@@ -293,7 +367,10 @@ fn setup_errors_name_the_cause() {
     let first = open_xdp(&topo, xdp_config());
     let e = in_netns(&topo.client_ns, || XdpIo::open(xdp_config()).unwrap_err());
     let msg = e.to_string();
-    assert!(msg.contains("queue 0") || msg.contains("XDP program"), "{msg}");
+    assert!(
+        msg.contains("queue 0") || msg.contains("XDP program"),
+        "{msg}"
+    );
     drop(first);
     let _ = Ipv4Addr::LOCALHOST;
     let _ = SERVER_IF;
@@ -341,7 +418,10 @@ fn program_detached_when_the_process_is_killed() {
         // The link is released as the process's descriptors close.
         let deadline = Instant::now() + Duration::from_secs(2);
         while Topology::has_xdp(&topo.client_ns, CLIENT_IF).unwrap() {
-            assert!(Instant::now() < deadline, "program still attached after signal {signal}");
+            assert!(
+                Instant::now() < deadline,
+                "program still attached after signal {signal}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

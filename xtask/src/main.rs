@@ -109,12 +109,15 @@ fn ebpf(args: &[String]) -> Result<()> {
             "--target-dir",
         ])
         .arg(&target);
-    run(cmd).context("building the XDP program needs nightly with rust-src and bpf-linker (./x installs them)")?;
+    run(cmd).context(
+        "building the XDP program needs nightly with rust-src and bpf-linker (./x installs them)",
+    )?;
     let built = target.join("bpfel-unknown-none/release/afterburner_xdp");
     let fresh = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
     let installed = workspace_root().join(EBPF_OBJECT);
     if check {
-        let current = std::fs::read(&installed).with_context(|| format!("reading {}", installed.display()))?;
+        let current = std::fs::read(&installed)
+            .with_context(|| format!("reading {}", installed.display()))?;
         if current != fresh {
             bail!(
                 "{EBPF_OBJECT} does not match afterburner-ebpf's source ({} bytes checked in, {} built): \
@@ -151,7 +154,10 @@ fn netns_cmd(args: &[String]) -> Result<()> {
                 netns::CLIENT_IF,
                 netns::CLIENT_IP
             );
-            println!("run inside with: ip netns exec {} <command>", topo.client_ns);
+            println!(
+                "run inside with: ip netns exec {} <command>",
+                topo.client_ns
+            );
             // Left in place on purpose; `cargo xtask netns down` removes it.
             std::mem::forget(topo);
             Ok(())
@@ -287,6 +293,8 @@ struct RunResult {
     cpu_us_per_tx: f64,
     /// From the client's start to the last delivery.
     secs: f64,
+    /// Datagrams the client sent, when it can tell.
+    packets: Option<u64>,
 }
 
 const CLIENTS: [&str; 2] = ["afterburner", "tpu-client-next"];
@@ -440,6 +448,10 @@ fn bench_run_cmd(
     peer.close_stdin();
     let report = peer.expect("cpu_us", Duration::from_secs(30))?;
     let cpu_us: u64 = field(&report, 1)?;
+    let packets = match report.get(4).map(String::as_str) {
+        Some("packets") => Some(field(&report, 5)?),
+        _ => None,
+    };
     let _ = peer.child.wait();
     if staked != delivered {
         bail!("{client}: {delivered} delivered but only {staked} flagged staked");
@@ -453,6 +465,7 @@ fn bench_run_cmd(
         tx_per_s: delivered as f64 / secs.max(1e-9),
         cpu_us_per_tx: cpu_us as f64 / delivered as f64,
         secs,
+        packets,
     })
 }
 

@@ -6,20 +6,28 @@
 //!     ceiling of this path here;
 //! (b) our engine over AF_XDP; (c) our engine over kernel UDP; (d) agave's
 //!     tpu-client-next (kernel UDP, quinn).
-//! Everything goes to the same receiver, the server's socket. Packets/s are what
-//! the receiving kernel delivered to UDP sockets (`/proc/net/snmp` in its
-//! namespace); tx/s are what agave's server delivered; CPU is the sender process's
-//! user+sys time, divided by packets (a) or transactions (b-d).
+//! Everything goes to the same receiver, the server's socket. Packets/s: for (a)
+//! what the receiving kernel delivered to UDP sockets (`/proc/net/snmp` in its
+//! namespace), for (b) and (c) the datagrams our engine sent (the receiver counts a
+//! GSO train as one), for (d) not known; over the time from the sender's start to
+//! the last delivery. tx/s: what agave's server delivered. CPU: the sender
+//! process's user+sys time per packet (a) or transaction (b-d). veth delivers
+//! synchronously: without RPS the receiver's protocol work runs in the sender's
+//! softirq and is billed to it; by default RPS moves it to the receiver's CPU
+//! (`--no-rps` measures the other way).
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
 
-use super::{
-    Peer, RemoveOnDrop, bench_run_cmd, cargo, field, median, netns, run, target_dir,
-};
+use super::{Peer, RemoveOnDrop, bench_run_cmd, cargo, field, median, netns, run, target_dir};
 
-const KINDS: [&str; 4] = ["raw-af-xdp", "afterburner-xdp", "afterburner-udp", "tpu-client-next"];
+const KINDS: [&str; 4] = [
+    "raw-af-xdp",
+    "afterburner-xdp",
+    "afterburner-udp",
+    "tpu-client-next",
+];
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Row {
@@ -56,6 +64,7 @@ pub(crate) fn bench_xdp(args: &[String]) -> Result<()> {
     let mut txs: usize = 20_000;
     let mut pairs: usize = 5;
     let mut raw: usize = 200_000;
+    let mut rps = true;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || -> Result<usize> { Ok(it.next().context("missing value")?.parse()?) };
@@ -63,6 +72,7 @@ pub(crate) fn bench_xdp(args: &[String]) -> Result<()> {
             "--txs" => txs = value()?,
             "--pairs" => pairs = value()?,
             "--raw" => raw = value()?,
+            "--no-rps" => rps = false,
             other => bail!("unknown bench-xdp argument {other}"),
         }
     }
@@ -76,7 +86,13 @@ pub(crate) fn bench_xdp(args: &[String]) -> Result<()> {
     eprintln!("building the benchmark (release)…");
     let mut build = cargo();
     build.args([
-        "build", "--release", "-p", "afterburner-xdp", "--example", "tpu_bench_server", "--example",
+        "build",
+        "--release",
+        "-p",
+        "afterburner-xdp",
+        "--example",
+        "tpu_bench_server",
+        "--example",
         "tpu_bench_client",
     ]);
     run(build)?;
@@ -91,6 +107,35 @@ pub(crate) fn bench_xdp(args: &[String]) -> Result<()> {
     let _dir_guard = RemoveOnDrop(dir.clone());
 
     let topo = netns::Topology::create(1)?;
+    // GRO on the receiver's veth, as on a NIC: consecutive datagrams of a flow reach a
+    // UDP_GRO socket (quinn's) as one train whether they left as a GSO message or as
+    // separate frames. Without it veth hands GSO messages over whole but AF_XDP frames
+    // one by one, which no real network does.
+    let mut c = Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        &topo.server_ns,
+        "ethtool",
+        "-K",
+        netns::SERVER_IF,
+        "gro",
+        "on",
+    ]);
+    run(c).context("enabling GRO on the receiver's veth (ethtool)")?;
+    if rps {
+        // The receiving side's protocol work (IP, UDP, socket wake-ups) would otherwise
+        // run in the sender's softirq on its CPU (veth delivers synchronously) and be
+        // billed to the sender. RPS moves it to the receiver's CPU, as with a real NIC,
+        // where the receiver is another host. Applied to every sender alike.
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &topo.server_ns, "sh", "-c"])
+            .arg(format!(
+                "echo 1 > /sys/class/net/{}/queues/rx-0/rps_cpus",
+                netns::SERVER_IF
+            ));
+        run(c).context("enabling RPS on the receiver's veth")?;
+    }
     let mut server_cmd = in_ns(&topo.server_ns, "0", &server_bin);
     server_cmd
         .arg("--staked-keypair")
@@ -103,7 +148,7 @@ pub(crate) fn bench_xdp(args: &[String]) -> Result<()> {
     println!(
         "veth pair between two namespaces; agave TPU server (solana-streamer 3.1) at {addr} on CPU 0; \
          senders on CPU 1; {txs} signed transfers per QUIC run, {raw} raw 1200-byte datagrams; \
-         {pairs} rounds, order rotating"
+         {pairs} rounds, order rotating; receiver RPS to CPU 0: {rps}"
     );
     println!(
         "{:<5} {:<16} {:>10} {:>11} {:>11} {:>10} {:>10}",
@@ -145,13 +190,13 @@ pub(crate) fn bench_xdp(args: &[String]) -> Result<()> {
                 };
                 cmd.arg("run").arg(client).arg(&addr).arg(&dir).arg(local);
                 let r = bench_run_cmd(&mut server, kind_name(which), cmd, txs)?;
-                let packets = udp_in(&topo.server_ns)? - before;
                 let cpu_total = r.cpu_us_per_tx * r.delivered as f64;
+                let packets = r.packets.map_or(f64::NAN, |p| p as f64);
                 let row = Row {
-                    pps: packets as f64 / r.secs.max(1e-9),
+                    pps: packets / r.secs.max(1e-9),
                     tps: r.tx_per_s,
                     cpu_us_per_tx: r.cpu_us_per_tx,
-                    cpu_us_per_packet: cpu_total / packets.max(1) as f64,
+                    cpu_us_per_packet: cpu_total / packets,
                 };
                 (row, r.delivered)
             };
@@ -177,10 +222,34 @@ pub(crate) fn bench_xdp(args: &[String]) -> Result<()> {
         println!(
             "  {:<16} {:>11.0} packets/s {:>11.0} tx/s {:>8.2} cpu µs/tx {:>8.2} cpu µs/pkt",
             kind,
-            median(rounds.iter().map(|r| r[i].pps).collect()),
-            median(rounds.iter().map(|r| r[i].tps).filter(|v| !v.is_nan()).collect()),
-            median(rounds.iter().map(|r| r[i].cpu_us_per_tx).filter(|v| !v.is_nan()).collect()),
-            median(rounds.iter().map(|r| r[i].cpu_us_per_packet).collect()),
+            median(
+                rounds
+                    .iter()
+                    .map(|r| r[i].pps)
+                    .filter(|v| !v.is_nan())
+                    .collect()
+            ),
+            median(
+                rounds
+                    .iter()
+                    .map(|r| r[i].tps)
+                    .filter(|v| !v.is_nan())
+                    .collect()
+            ),
+            median(
+                rounds
+                    .iter()
+                    .map(|r| r[i].cpu_us_per_tx)
+                    .filter(|v| !v.is_nan())
+                    .collect()
+            ),
+            median(
+                rounds
+                    .iter()
+                    .map(|r| r[i].cpu_us_per_packet)
+                    .filter(|v| !v.is_nan())
+                    .collect()
+            ),
         );
     }
     let ratio = |f: &dyn Fn(&[Row; 4]) -> f64| median(rounds.iter().map(f).collect());

@@ -172,16 +172,26 @@ fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, udp_len: u16) -> u64 {
 }
 
 /// Adds `data` as big-endian 16-bit words to `sum` (odd tail padded with zero).
-/// Takes 4 bytes at a time; folding happens once at the end.
-fn sum_words(data: &[u8], mut sum: u64) -> u64 {
-    let mut chunks = data.chunks_exact(4);
+/// Takes 8 bytes at a time into a wide accumulator (one's-complement addition is
+/// associative over any word size: `2^16 = 1 mod 0xffff`); folding happens at the end.
+fn sum_words(data: &[u8], sum: u64) -> u64 {
+    let mut acc = u128::from(sum);
+    let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
-        sum += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        acc += u128::from(u64::from_be_bytes([
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+        ]));
     }
     let rest = chunks.remainder();
-    let mut tail = [0u8; 4];
+    let mut tail = [0u8; 8];
     tail[..rest.len()].copy_from_slice(rest);
-    sum + u64::from(u32::from_be_bytes(tail))
+    acc += u128::from(u64::from_be_bytes(tail));
+    // Fold 128 -> 64 bits with end-around carry; the 16-bit fold follows in `fold`.
+    let (lo, hi) = (acc as u64, (acc >> 64) as u64);
+    let (s, carry) = lo.overflowing_add(hi);
+    let s = s + u64::from(carry);
+    // Keep headroom for callers that add more before folding.
+    (s & 0xffff_ffff) + (s >> 32)
 }
 
 /// Folds a sum into 16 bits (with end-around carry).
@@ -286,9 +296,15 @@ mod tests {
 
     #[test]
     fn fast_checksum_agrees_with_reference() {
-        let data: Vec<u8> = (0..2000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..2000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         for len in 0..200 {
-            assert_eq!(checksum(&data[..len], 0), reference_checksum(&data[..len]), "len {len}");
+            assert_eq!(
+                checksum(&data[..len], 0),
+                reference_checksum(&data[..len]),
+                "len {len}"
+            );
         }
         assert_eq!(checksum(&data, 0), reference_checksum(&data));
     }

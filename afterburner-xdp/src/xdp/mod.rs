@@ -155,7 +155,9 @@ fn hint(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(libc::EPERM | libc::EACCES) => " (needs CAP_NET_RAW and CAP_NET_ADMIN, or root)",
         Some(libc::EAFNOSUPPORT) => " (kernel without AF_XDP: CONFIG_XDP_SOCKETS, Linux 4.18+)",
-        Some(libc::ENOMEM | libc::ENOBUFS) => " (UMEM too large for RLIMIT_MEMLOCK? raise LimitMEMLOCK)",
+        Some(libc::ENOMEM | libc::ENOBUFS) => {
+            " (UMEM too large for RLIMIT_MEMLOCK? raise LimitMEMLOCK)"
+        }
         Some(libc::EBUSY) => " (another AF_XDP socket is bound to this queue)",
         _ => "",
     }
@@ -182,6 +184,10 @@ const UNRESOLVED_RETRY: Duration = Duration::from_millis(5);
 const MAX_NEXT_HOPS: usize = 4096;
 /// Frames per TX kick batch we aim for.
 const TX_BATCH: u32 = 64;
+/// How often the kernel UDP socket is read. Only what the program does not steer
+/// arrives there (fragments, IP options, a queue without a socket), so it is read
+/// on a timer rather than with a system call on every pass of the packet loop.
+const KERNEL_RX_INTERVAL: Duration = Duration::from_millis(1);
 
 /// The AF_XDP packet path.
 pub struct XdpIo {
@@ -198,6 +204,8 @@ pub struct XdpIo {
     ip_id: u16,
     stats: Arc<XdpStats>,
     next_stats: Instant,
+    /// When the kernel socket is read next (see [`KERNEL_RX_INTERVAL`]).
+    next_kernel_rx: Instant,
     config: XdpConfig,
     copy_mode: bool,
 }
@@ -254,7 +262,8 @@ impl XdpIo {
                 .ok_or_else(|| XdpError::NoAddress(config.interface.clone()))?,
         };
         let want = SocketAddrV4::new(ip, config.port);
-        let kernel = UdpSocket::bind(want).map_err(|source| XdpError::Reserve { addr: want, source })?;
+        let kernel =
+            UdpSocket::bind(want).map_err(|source| XdpError::Reserve { addr: want, source })?;
         kernel
             .set_nonblocking(true)
             .map_err(|source| XdpError::Reserve { addr: want, source })?;
@@ -284,6 +293,13 @@ impl XdpIo {
             tracing::info!("no huge pages reserved; UMEM on normal pages");
         }
         let copy_mode = sockets.iter().any(|s| !s.zero_copy);
+        if let Some(reason) = sockets.iter().find_map(|s| s.zero_copy_refusal.as_ref()) {
+            tracing::info!(
+                interface = %config.interface,
+                %reason,
+                "AF_XDP zero-copy unavailable on this driver; using copy mode"
+            );
+        }
 
         let mut program = SteeringProgram::attach(link.index, config.attach)?;
         for s in &sockets {
@@ -303,13 +319,17 @@ impl XdpIo {
             .map(|s| s.as_raw_fd())
             .chain([kernel.as_raw_fd()])
         {
-            epoll_ctl(&epoll, libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32).map_err(XdpError::Epoll)?;
+            epoll_ctl(&epoll, libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32)
+                .map_err(XdpError::Epoll)?;
         }
 
         let stats = Arc::new(XdpStats::default());
         XdpStats::set(&stats.queues, sockets.len() as u64);
         XdpStats::set(&stats.zero_copy, u64::from(!copy_mode));
-        XdpStats::set(&stats.driver_mode, u64::from(program.mode() == AttachMode::Driver));
+        XdpStats::set(
+            &stats.driver_mode,
+            u64::from(program.mode() == AttachMode::Driver),
+        );
         XdpStats::set(&stats.huge_pages, u64::from(huge));
         tracing::info!(
             interface = %config.interface,
@@ -333,6 +353,7 @@ impl XdpIo {
             ip_id: 0,
             stats,
             next_stats: Instant::now(),
+            next_kernel_rx: Instant::now(),
             config,
             copy_mode,
         })
@@ -402,10 +423,10 @@ impl XdpIo {
 
     /// How to reach `ip`, from the cache or the kernel's tables.
     fn via(&mut self, ip: Ipv4Addr, now: Instant) -> Via {
-        if let Some(h) = self.next_hops.get(&ip) {
-            if now < h.expires {
-                return h.via;
-            }
+        if let Some(h) = self.next_hops.get(&ip)
+            && now < h.expires
+        {
+            return h.via;
         }
         let (via, ttl) = self.resolve(ip);
         if self.next_hops.len() >= MAX_NEXT_HOPS {
@@ -479,12 +500,22 @@ impl XdpIo {
             return Ok(());
         }
         let events = libc::EPOLLIN as u32 | if want { libc::EPOLLOUT as u32 } else { 0 };
-        epoll_ctl(&self.epoll, libc::EPOLL_CTL_MOD, self.sockets[0].as_raw_fd(), events)?;
+        epoll_ctl(
+            &self.epoll,
+            libc::EPOLL_CTL_MOD,
+            self.sockets[0].as_raw_fd(),
+            events,
+        )?;
         self.want_write = want;
         Ok(())
     }
 
-    fn send_kernel(&self, payload: &[u8], dst: SocketAddrV4, counters: &mut IoCounters) -> Result<(), ()> {
+    fn send_kernel(
+        &self,
+        payload: &[u8],
+        dst: SocketAddrV4,
+        counters: &mut IoCounters,
+    ) -> Result<(), ()> {
         counters.send_calls += 1;
         match self.kernel.send_to(payload, dst) {
             Ok(_) => {
@@ -586,7 +617,8 @@ impl PacketIo for XdpIo {
 
     fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
         batch.clear();
-        if Instant::now() >= self.next_stats {
+        let now = Instant::now();
+        if now >= self.next_stats {
             self.refresh_stats();
         }
         let local = self.local;
@@ -609,6 +641,10 @@ impl PacketIo for XdpIo {
         }
         XdpStats::add(&self.stats.rx_frames, frames);
         XdpStats::add(&self.stats.rx_malformed, malformed);
+        if now < self.next_kernel_rx {
+            return Ok(batch.len());
+        }
+        self.next_kernel_rx = now + KERNEL_RX_INTERVAL;
         let mut buf = [0u8; MAX_DATAGRAM];
         while batch.len() < batch.capacity() {
             match self.kernel.recv_from(&mut buf) {
@@ -623,7 +659,12 @@ impl PacketIo for XdpIo {
                     if e.kind() == io::ErrorKind::Interrupted
                         || matches!(
                             e.raw_os_error(),
-                            Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN)
+                            Some(
+                                libc::ECONNREFUSED
+                                    | libc::EHOSTUNREACH
+                                    | libc::ENETUNREACH
+                                    | libc::EHOSTDOWN
+                            )
                         ) =>
                 {
                     tracing::trace!(error = %e, "kernel socket error");

@@ -16,7 +16,9 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkMessage},
-    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
+    neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+    },
     route::{RouteAddress, RouteAttribute, RouteMessage},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -85,13 +87,18 @@ impl Netlink {
     pub fn link(&mut self, name: &str) -> io::Result<LinkInfo> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        let answers = self.request(RouteNetlinkMessage::GetLink(msg), 0).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENODEV) {
-                io::Error::new(io::ErrorKind::NotFound, format!("no interface named {name:?}"))
-            } else {
-                e
-            }
-        })?;
+        let answers = self
+            .request(RouteNetlinkMessage::GetLink(msg), 0)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENODEV) {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("no interface named {name:?}"),
+                    )
+                } else {
+                    e
+                }
+            })?;
         for answer in answers {
             if let RouteNetlinkMessage::NewLink(link) = answer {
                 let mut info = LinkInfo {
@@ -111,7 +118,10 @@ impl Netlink {
                 return Ok(info);
             }
         }
-        Err(io::Error::new(io::ErrorKind::NotFound, format!("no interface named {name:?}")))
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface named {name:?}"),
+        ))
     }
 
     /// The IPv4 addresses on interface `index`, primary first.
@@ -146,7 +156,8 @@ impl Netlink {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.destination_prefix_length = 32;
-        msg.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
         for answer in self.request(RouteNetlinkMessage::GetRoute(msg), 0)? {
             if let RouteNetlinkMessage::NewRoute(r) = answer {
                 let mut route = Route {
@@ -158,14 +169,19 @@ impl Netlink {
                     match attr {
                         RouteAttribute::Oif(i) => route.oif = i,
                         RouteAttribute::Gateway(RouteAddress::Inet(gw)) => route.next_hop = gw,
-                        RouteAttribute::PrefSource(RouteAddress::Inet(src)) => route.src = Some(src),
+                        RouteAttribute::PrefSource(RouteAddress::Inet(src)) => {
+                            route.src = Some(src)
+                        }
                         _ => {}
                     }
                 }
                 return Ok(route);
             }
         }
-        Err(io::Error::new(io::ErrorKind::NotFound, format!("no route to {dst}")))
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no route to {dst}"),
+        ))
     }
 
     /// The MAC of `ip` on interface `index`, if the neighbour table has a usable one.
@@ -195,12 +211,13 @@ impl Netlink {
                         | NeighbourState::Noarp
                 );
                 for attr in n.attributes {
-                    if let NeighbourAttribute::LinkLayerAddress(mac) = attr {
-                        if usable && mac.len() == 6 {
-                            let mut m = [0; 6];
-                            m.copy_from_slice(&mac);
-                            return Ok(Neighbour::Known(m));
-                        }
+                    if let NeighbourAttribute::LinkLayerAddress(mac) = attr
+                        && usable
+                        && mac.len() == 6
+                    {
+                        let mut m = [0; 6];
+                        m.copy_from_slice(&mac);
+                        return Ok(Neighbour::Known(m));
                     }
                 }
             }
@@ -221,12 +238,19 @@ impl Netlink {
         msg.header.flags = NeighbourFlags::Use;
         msg.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-        self.request(RouteNetlinkMessage::NewNeighbour(msg), NLM_F_CREATE | NLM_F_ACK)?;
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_ACK,
+        )?;
         Ok(())
     }
 
     /// Sends one request and collects the answers (all parts of a dump).
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | flags;
@@ -244,8 +268,9 @@ impl Netlink {
             let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
             let mut offset = 0;
             while offset < n {
-                let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..n])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let parsed =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..n])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 let len = parsed.header.length as usize;
                 if len == 0 {
                     break;

@@ -92,7 +92,9 @@ pub struct SteeringProgram {
 
 impl std::fmt::Debug for SteeringProgram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SteeringProgram").field("mode", &self.mode).finish()
+        f.debug_struct("SteeringProgram")
+            .field("mode", &self.mode)
+            .finish()
     }
 }
 
@@ -105,7 +107,9 @@ impl SteeringProgram {
         let mut ebpf = Ebpf::load(OBJECT).map_err(|e| ProgramError::Load(e.to_string()))?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM)
-            .ok_or_else(|| ProgramError::Load(format!("program {PROGRAM} missing from the object")))?
+            .ok_or_else(|| {
+                ProgramError::Load(format!("program {PROGRAM} missing from the object"))
+            })?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| ProgramError::Load(e.to_string()))?;
         program
@@ -192,7 +196,10 @@ impl SteeringProgram {
     pub fn counters(&self) -> Result<[u64; COUNTER_LABELS.len()], ProgramError> {
         let mut out = [0u64; COUNTER_LABELS.len()];
         for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = self.counters.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;
+            let per_cpu = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(map_err("COUNTERS"))?;
             *slot = per_cpu.iter().sum();
         }
         Ok(out)

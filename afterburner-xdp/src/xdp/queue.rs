@@ -47,7 +47,9 @@ impl XskQueue {
         }
         fill.publish();
         let tx_free = if tx.is_some() {
-            (rx_frames..umem.frames()).map(|i| u64::from(i) * fs).collect()
+            (rx_frames..umem.frames())
+                .map(|i| u64::from(i) * fs)
+                .collect()
         } else {
             Vec::new()
         };
@@ -243,12 +245,18 @@ mod tests {
         /// Takes fill-ring frames and "receives" one packet into each.
         fn deliver(&mut self, packets: &[Vec<u8>]) -> usize {
             let room = self.rx.free(u32::MAX) as usize;
-            let n = (self.fill.available_now() as usize).min(packets.len()).min(room);
+            let n = (self.fill.available_now() as usize)
+                .min(packets.len())
+                .min(room);
             for (i, p) in packets.iter().take(n).enumerate() {
                 let addr = self.fill.peek(i as u32);
                 // SAFETY: the frame is the kernel's (it came off the fill ring).
                 unsafe {
-                    std::ptr::copy_nonoverlapping(p.as_ptr(), self.umem.descs.add(addr as usize), p.len());
+                    std::ptr::copy_nonoverlapping(
+                        p.as_ptr(),
+                        self.umem.descs.add(addr as usize),
+                        p.len(),
+                    );
                 }
                 self.rx.push(Desc {
                     addr,
@@ -263,7 +271,9 @@ mod tests {
 
         /// Frames the kernel may write into right now (on the fill ring, not yet taken).
         fn fill_frames(&mut self) -> Vec<u64> {
-            (0..self.fill.available_now()).map(|i| self.fill.peek(i)).collect()
+            (0..self.fill.available_now())
+                .map(|i| self.fill.peek(i))
+                .collect()
         }
 
         /// Transmits everything on the TX ring, returning the frames' bytes.
@@ -274,7 +284,8 @@ mod tests {
                 let d = self.tx.peek(i);
                 // SAFETY: the frame is on the TX ring, i.e. handed to the kernel.
                 out.push(unsafe {
-                    std::slice::from_raw_parts(self.umem.descs.add(d.addr as usize), d.len as usize).to_vec()
+                    std::slice::from_raw_parts(self.umem.descs.add(d.addr as usize), d.len as usize)
+                        .to_vec()
                 });
                 self.comp.push(d.addr);
             }
@@ -299,7 +310,11 @@ mod tests {
         });
         assert_eq!(seen, packets);
         assert!(kernel_view.iter().all(|v| v.is_empty()), "{kernel_view:?}");
-        assert_eq!(k.fill_frames().len(), 8, "all frames back after the consumer returned");
+        assert_eq!(
+            k.fill_frames().len(),
+            8,
+            "all frames back after the consumer returned"
+        );
     }
 
     #[test]
@@ -335,7 +350,11 @@ mod tests {
         }
         assert_eq!(q.tx_room(1), 0, "no frame free until the kernel completes");
         assert!(!q.push_tx(|_| Some(1)));
-        assert_eq!(k.transmit(), Vec::<Vec<u8>>::new(), "nothing before publish");
+        assert_eq!(
+            k.transmit(),
+            Vec::<Vec<u8>>::new(),
+            "nothing before publish"
+        );
         q.publish_tx();
         assert_eq!(q.tx_pending(), 8);
         let sent = k.transmit();

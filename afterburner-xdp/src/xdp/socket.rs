@@ -42,6 +42,8 @@ pub(crate) struct XskSocket {
     pub queue: XskQueue,
     pub queue_id: u32,
     pub zero_copy: bool,
+    /// Why zero-copy was refused, when it was tried and refused.
+    pub zero_copy_refusal: Option<io::Error>,
 }
 
 /// One mmap'd ring.
@@ -104,12 +106,24 @@ impl XskSocket {
         setsockopt(fd.as_raw_fd(), libc::XDP_UMEM_REG, &reg).map_err(step("XDP_UMEM_REG"))?;
         let fill_size = opts.rx_frames.max(1).next_power_of_two();
         let tx_size = opts.tx_frames.max(1).next_power_of_two();
-        setsockopt(fd.as_raw_fd(), libc::XDP_UMEM_FILL_RING, &(fill_size as libc::c_int))
-            .map_err(step("XDP_UMEM_FILL_RING"))?;
-        setsockopt(fd.as_raw_fd(), libc::XDP_UMEM_COMPLETION_RING, &(tx_size as libc::c_int))
-            .map_err(step("XDP_UMEM_COMPLETION_RING"))?;
-        setsockopt(fd.as_raw_fd(), libc::XDP_RX_RING, &(fill_size as libc::c_int))
-            .map_err(step("XDP_RX_RING"))?;
+        setsockopt(
+            fd.as_raw_fd(),
+            libc::XDP_UMEM_FILL_RING,
+            &(fill_size as libc::c_int),
+        )
+        .map_err(step("XDP_UMEM_FILL_RING"))?;
+        setsockopt(
+            fd.as_raw_fd(),
+            libc::XDP_UMEM_COMPLETION_RING,
+            &(tx_size as libc::c_int),
+        )
+        .map_err(step("XDP_UMEM_COMPLETION_RING"))?;
+        setsockopt(
+            fd.as_raw_fd(),
+            libc::XDP_RX_RING,
+            &(fill_size as libc::c_int),
+        )
+        .map_err(step("XDP_RX_RING"))?;
         if opts.tx_frames > 0 {
             setsockopt(fd.as_raw_fd(), libc::XDP_TX_RING, &(tx_size as libc::c_int))
                 .map_err(step("XDP_TX_RING"))?;
@@ -120,8 +134,14 @@ impl XskSocket {
             getsockopt(fd.as_raw_fd(), libc::XDP_MMAP_OFFSETS).map_err(step("XDP_MMAP_OFFSETS"))?;
 
         let mut maps = Vec::with_capacity(4);
-        let fill = map_ring::<u64>(&fd, &offsets.fr, fill_size, libc::XDP_UMEM_PGOFF_FILL_RING as i64, &mut maps)
-            .map_err(step("mmap fill ring"))?;
+        let fill = map_ring::<u64>(
+            &fd,
+            &offsets.fr,
+            fill_size,
+            libc::XDP_UMEM_PGOFF_FILL_RING as i64,
+            &mut maps,
+        )
+        .map_err(step("mmap fill ring"))?;
         let comp = map_ring::<u64>(
             &fd,
             &offsets.cr,
@@ -130,18 +150,31 @@ impl XskSocket {
             &mut maps,
         )
         .map_err(step("mmap completion ring"))?;
-        let rx = map_ring::<Desc>(&fd, &offsets.rx, fill_size, libc::XDP_PGOFF_RX_RING, &mut maps)
-            .map_err(step("mmap RX ring"))?;
+        let rx = map_ring::<Desc>(
+            &fd,
+            &offsets.rx,
+            fill_size,
+            libc::XDP_PGOFF_RX_RING,
+            &mut maps,
+        )
+        .map_err(step("mmap RX ring"))?;
         let tx = if opts.tx_frames > 0 {
             Some(
-                map_ring::<Desc>(&fd, &offsets.tx, tx_size, libc::XDP_PGOFF_TX_RING, &mut maps)
-                    .map_err(step("mmap TX ring"))?,
+                map_ring::<Desc>(
+                    &fd,
+                    &offsets.tx,
+                    tx_size,
+                    libc::XDP_PGOFF_TX_RING,
+                    &mut maps,
+                )
+                .map_err(step("mmap TX ring"))?,
             )
         } else {
             None
         };
 
         let mut zero_copy = false;
+        let mut zero_copy_refusal = None;
         let mut bound = Err(io::Error::from_raw_os_error(libc::EINVAL));
         let modes: &[(u16, bool)] = if opts.try_zero_copy {
             &[(libc::XDP_ZEROCOPY, true), (libc::XDP_COPY, false)]
@@ -175,16 +208,15 @@ impl XskSocket {
                     break 'modes;
                 }
                 let err = io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < busy_deadline {
+                if err.raw_os_error() == Some(libc::EBUSY)
+                    && std::time::Instant::now() < busy_deadline
+                {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                     continue;
                 }
                 if zc {
-                    tracing::info!(
-                        queue_id,
-                        error = %err,
-                        "AF_XDP zero-copy unavailable on this driver/queue; using copy mode"
-                    );
+                    zero_copy_refusal = Some(err);
+                    break;
                 }
                 bound = Err(err);
                 break;
@@ -209,6 +241,7 @@ impl XskSocket {
             queue,
             queue_id,
             zero_copy,
+            zero_copy_refusal,
         })
     }
 
@@ -333,7 +366,8 @@ fn getsockopt<T>(fd: RawFd, name: libc::c_int) -> io::Result<T> {
     let mut value = std::mem::MaybeUninit::<T>::zeroed();
     let mut len = size_of::<T>() as libc::socklen_t;
     // SAFETY: the kernel writes at most `len` bytes into `value`.
-    let rc = unsafe { libc::getsockopt(fd, libc::SOL_XDP, name, value.as_mut_ptr().cast(), &mut len) };
+    let rc =
+        unsafe { libc::getsockopt(fd, libc::SOL_XDP, name, value.as_mut_ptr().cast(), &mut len) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

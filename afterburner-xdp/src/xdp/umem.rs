@@ -17,7 +17,9 @@ pub(crate) struct Umem {
 
 #[derive(Debug)]
 enum Backing {
-    Mmap { huge_pages: bool },
+    Mmap {
+        huge_pages: bool,
+    },
     /// Owns the test memory the area points into.
     #[cfg(test)]
     Heap(#[expect(dead_code, reason = "kept alive, read through `area`")] Box<[u8]>),
@@ -57,7 +59,8 @@ impl Umem {
                 }
                 return Err(io::Error::last_os_error());
             }
-            let area = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+            let area = NonNull::new(p.cast::<u8>())
+                .ok_or_else(|| io::Error::other("mmap returned null"))?;
             return Ok(Self {
                 area,
                 len,
@@ -98,7 +101,10 @@ impl Umem {
 
     /// Start address and length, for `XDP_UMEM_REG`.
     pub(crate) fn region(&self) -> (u64, u64) {
-        (self.area.as_ptr() as u64, (self.frames as u64) * self.frame_size as u64)
+        (
+            self.area.as_ptr() as u64,
+            (self.frames as u64) * self.frame_size as u64,
+        )
     }
 
     /// The bytes at UMEM offset `addr` (as in a descriptor), `len` long, if inside one frame.
@@ -151,7 +157,10 @@ mod tests {
         umem.frame_mut(4096 * 63).unwrap()[4095] = 7;
         assert_eq!(umem.bytes(4096 * 63 + 4095, 1).unwrap(), &[7]);
         assert!(umem.frame_mut(4096 * 64).is_none());
-        assert!(umem.bytes(4096 * 63 + 4000, 97).is_none(), "crosses the frame end");
+        assert!(
+            umem.bytes(4096 * 63 + 4000, 97).is_none(),
+            "crosses the frame end"
+        );
         assert_eq!(umem.frame_base(4096 * 5 + 256), 4096 * 5);
     }
 }

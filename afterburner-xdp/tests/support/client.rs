@@ -23,11 +23,19 @@ pub struct Client {
 impl Client {
     /// An engine on a loopback UDP socket.
     pub fn start(identity: &Identity, config: EngineConfig) -> Self {
-        Self::start_with_io(identity, config, UdpIo::bind("127.0.0.1:0".parse().unwrap()).unwrap())
+        Self::start_with_io(
+            identity,
+            config,
+            UdpIo::bind("127.0.0.1:0".parse().unwrap()).unwrap(),
+        )
     }
 
     /// An engine on `io`.
-    pub fn start_with_io(identity: &Identity, config: EngineConfig, io: impl PacketIo + 'static) -> Self {
+    pub fn start_with_io(
+        identity: &Identity,
+        config: EngineConfig,
+        io: impl PacketIo + 'static,
+    ) -> Self {
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let sink = outcomes.clone();
         let engine =
@@ -95,7 +103,6 @@ impl Client {
     }
 }
 
-
 /// The staked-identity conformance check: admitted as staked (512 streams, every
 /// packet flagged staked); `n` distinct payloads of 8..1232 bytes arrive
 /// byte-identical over one connection, with no close and no drop.
@@ -136,4 +143,47 @@ pub fn staked_delivery(client: &Client, server: &AgaveServer, n: usize) {
     assert_eq!(stats.closed_by_peer, 0, "{stats:?}");
     assert_eq!(stats.dropped_total(), 0, "{stats:?}");
     assert_eq!(stats.connections_opened, 1, "one connection, reused");
+}
+
+/// The restart check: 100 delivered to a server, the server stops and a new one
+/// starts on the same address; submissions after the restart are delivered over a
+/// second connection, and everything submitted has exactly one outcome. `start`
+/// starts a server on an address (port 0 the first time).
+pub fn reconnects_after_restart(
+    client: &Client,
+    bind: SocketAddr,
+    start: impl Fn(SocketAddr) -> AgaveServer,
+) {
+    let first = start(bind);
+    let addr = first.addr;
+    for i in 0..100 {
+        client
+            .engine
+            .submit(i, payload(i, 300).into(), addr)
+            .unwrap();
+    }
+    assert_eq!(first.wait_for(100, Duration::from_secs(10)), 100);
+    first.stop();
+
+    let second = start(addr);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut next = 1_000u64;
+    // Submit after the restart until the new server has 100 from us.
+    while second.delivered_count() < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "no delivery after restart: {:?}",
+            client.engine.stats().snapshot()
+        );
+        let _ = client.engine.submit(next, payload(next, 300).into(), addr);
+        next += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats = client.engine.stats().snapshot();
+    assert_eq!(stats.connections_opened, 2, "{stats:?}");
+    // Everything submitted has exactly one outcome.
+    assert_eq!(
+        client.wait_outcomes(next as usize - 900, Duration::from_secs(10)),
+        next as usize - 900
+    );
 }

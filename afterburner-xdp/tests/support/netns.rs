@@ -59,9 +59,26 @@ impl Topology {
         ip(&["netns", "add", &topo.client_ns])?;
         let q = queues.max(1).to_string();
         ip(&[
-            "link", "add", CLIENT_IF, "netns", &topo.client_ns, "numtxqueues", &q, "numrxqueues", &q,
-            "type", "veth", "peer", "name", SERVER_IF, "netns", &topo.server_ns, "numtxqueues", &q,
-            "numrxqueues", &q,
+            "link",
+            "add",
+            CLIENT_IF,
+            "netns",
+            &topo.client_ns,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            SERVER_IF,
+            "netns",
+            &topo.server_ns,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
         ])?;
         for (ns, dev, addr) in [
             (&topo.server_ns, SERVER_IF, SERVER_IP),
@@ -83,7 +100,10 @@ impl Topology {
     /// Whether `dev` in `ns` has an XDP program attached (any mode).
     pub fn has_xdp(ns: &str, dev: &str) -> io::Result<bool> {
         let details = Self::link_details(ns, dev)?;
-        Ok(details.contains("prog/xdp") || details.split_whitespace().any(|w| w.starts_with("xdp")))
+        Ok(
+            details.contains("prog/xdp")
+                || details.split_whitespace().any(|w| w.starts_with("xdp")),
+        )
     }
 }
 
