@@ -203,6 +203,89 @@ fn built_frames_pass_the_peer_kernels_checks() {
     assert_eq!(after.kernel_tx, before.kernel_tx);
 }
 
+/// The next hop's MAC is re-read from the kernel's neighbour table: when the peer's
+/// MAC changes (and the table with it), our frames follow within the refresh
+/// interval; frames to the old MAC are not accepted by the peer meanwhile.
+#[test]
+fn next_hop_mac_change_is_followed() {
+    if !root_or_skip("next_hop_mac_change_is_followed") {
+        return;
+    }
+    let topo = Topology::create(1).unwrap();
+    let peer = in_netns(&topo.server_ns, || UdpSocket::bind((SERVER_IP, 0)).unwrap());
+    peer.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let dst = peer.local_addr().unwrap();
+    let mut io = open_xdp(
+        &topo,
+        XdpConfig {
+            neighbour_refresh: Duration::from_millis(300),
+            ..xdp_config()
+        },
+    );
+    let mut counters = IoCounters::default();
+    let mut batch = TxBatch::new(4);
+    let mut buf = [0u8; 64];
+    // Sends one datagram every 20 ms until the peer receives one; returns how long it took.
+    let mut deliver = |io: &mut XdpIo, tag: u8| -> Duration {
+        let started = Instant::now();
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "nothing arrived"
+            );
+            batch.spare(1).unwrap()[0] = tag;
+            batch.commit(1, dst);
+            io.send(&mut batch, &mut counters).unwrap();
+            if let Ok((1, _)) = peer.recv_from(&mut buf)
+                && buf[0] == tag
+            {
+                return started.elapsed();
+            }
+        }
+    };
+    deliver(&mut io, 1);
+    std::thread::sleep(Duration::from_millis(400));
+    deliver(&mut io, 2);
+    let lookups = io.stats().snapshot().next_hop_lookups;
+    let tx_before = io.stats().snapshot().tx_frames;
+
+    // The peer gets a new MAC, and our side's neighbour table learns it.
+    let new_mac = "02:ab:cd:00:00:01";
+    support::netns::ip(&[
+        "-n",
+        &topo.server_ns,
+        "link",
+        "set",
+        SERVER_IF,
+        "address",
+        new_mac,
+    ])
+    .unwrap();
+    support::netns::ip(&[
+        "-n",
+        &topo.client_ns,
+        "neigh",
+        "replace",
+        &SERVER_IP.to_string(),
+        "lladdr",
+        new_mac,
+        "dev",
+        CLIENT_IF,
+        "nud",
+        "reachable",
+    ])
+    .unwrap();
+    let took = deliver(&mut io, 3);
+    let s = io.stats().snapshot();
+    assert!(s.next_hop_lookups > lookups, "looked up again: {s:?}");
+    assert!(s.tx_frames > tx_before, "as our own frames: {s:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "followed within the refresh interval: {took:?}"
+    );
+}
+
 /// While our program is attached: a UDP exchange on another port and a TCP
 /// connection keep working; a datagram to our port from an unrelated flow reaches us
 /// and is refused by QUIC, nothing else; a fragmented datagram to our port is passed
@@ -216,6 +299,9 @@ fn other_traffic_on_the_interface_is_untouched() {
     let mut io = open_xdp(&topo, xdp_config());
     let ours = io.local_addr();
     assert!(Topology::has_xdp(&topo.client_ns, CLIENT_IF).unwrap());
+    // Our port is reserved: nobody else can bind it.
+    let taken = in_netns(&topo.client_ns, move || UdpSocket::bind(ours).unwrap_err());
+    assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
 
     // UDP on another port of the same address, both directions.
     let cli_udp = in_netns(&topo.client_ns, || UdpSocket::bind((CLIENT_IP, 0)).unwrap());
