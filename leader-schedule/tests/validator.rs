@@ -145,18 +145,20 @@ async fn follows_a_real_validator_and_survives_a_websocket_outage() {
         "lag with websocket (estimate - (processed+1)), slots: min {min} median {med} max {max}"
     );
     assert!(max - min <= 4 && med.abs() <= 2, "{with_ws:?}");
-    // Over 3 s the estimate advances as the cluster does (a debug-built validator on
-    // a loaded 2-core VM is slower than 400 ms per slot).
+    // Over 6 s the estimate advances as the cluster does (a debug-built validator on
+    // a loaded 2-core VM is slower than 400 ms per slot, so between its updates the
+    // estimate runs ahead by time and is pulled back: its lag varies by the spread
+    // seen above, which bounds the difference of the two advances).
     let (ours0, theirs0) = (
         handle.current_slot().unwrap(),
         rpc.get_slot().await.unwrap(),
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let ours = handle.current_slot().unwrap() as i64 - ours0 as i64;
     let theirs = rpc.get_slot().await.unwrap() as i64 - theirs0 as i64;
-    println!("in 3 s: the cluster advanced {theirs} slots, the estimate {ours}");
+    println!("in 6 s: the cluster advanced {theirs} slots, the estimate {ours}");
     assert!(
-        theirs > 0 && ours.abs_diff(theirs) <= 2,
+        theirs > 3 && ours > 0 && ours.abs_diff(theirs) <= 3,
         "estimate {ours}, cluster {theirs}"
     );
 
