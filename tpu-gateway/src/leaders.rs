@@ -1,0 +1,88 @@
+//! Where transactions go: the leader tracker's fanout (RPC mode), or a fixed list of
+//! TPU addresses (static mode: a private cluster, a test, or sending only to one's
+//! own validator).
+
+use std::{net::SocketAddr, time::Duration};
+
+use leader_schedule::{Fanout, TrackerHandle};
+
+/// The addresses to send to now and to keep connections warm for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Targets {
+    /// Send to these.
+    pub send: Vec<SocketAddr>,
+    /// Keep connections open to these (upcoming leaders).
+    pub connect: Vec<SocketAddr>,
+    /// The current slot, when known.
+    pub slot: Option<u64>,
+}
+
+/// A source of [`Targets`].
+pub trait LeaderSource: Send + Sync + 'static {
+    /// The current targets (cheap; called per transaction).
+    fn targets(&self) -> Targets;
+    /// `Ok` when the answer can be trusted (fresh schedule), else why not.
+    fn ready(&self) -> Result<(), String>;
+    /// The current slot, when known.
+    fn current_slot(&self) -> Option<u64>;
+}
+
+/// A fixed list of TPU QUIC addresses.
+#[derive(Clone, Debug)]
+pub struct StaticLeaders(pub Vec<SocketAddr>);
+
+impl LeaderSource for StaticLeaders {
+    fn targets(&self) -> Targets {
+        Targets {
+            send: self.0.clone(),
+            connect: self.0.clone(),
+            slot: None,
+        }
+    }
+    fn ready(&self) -> Result<(), String> {
+        if self.0.is_empty() {
+            Err("no static leaders configured".into())
+        } else {
+            Ok(())
+        }
+    }
+    fn current_slot(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// The leader tracker with a fanout.
+#[derive(Debug)]
+pub struct TrackedLeaders {
+    /// The tracker.
+    pub handle: TrackerHandle,
+    /// How many leaders to send to and to connect to.
+    pub fanout: Fanout,
+    /// Older than this, the schedule is not trusted for readiness.
+    pub stale_after: Duration,
+}
+
+impl LeaderSource for TrackedLeaders {
+    fn targets(&self) -> Targets {
+        let l = self.handle.leaders(self.fanout);
+        Targets {
+            send: l.send_addresses().collect(),
+            connect: l.connect.iter().filter_map(|x| x.tpu_quic).collect(),
+            slot: l.slot,
+        }
+    }
+    fn ready(&self) -> Result<(), String> {
+        match self.handle.schedule_age() {
+            None => Err("no leader schedule yet".into()),
+            Some(_) if self.handle.is_stale() => Err(format!(
+                "leader schedule is stale (older than {:?})",
+                self.stale_after
+            )),
+            Some(_) if self.handle.current_slot().is_none() => Err("no slot yet".into()),
+            Some(_) => Ok(()),
+        }
+    }
+    fn current_slot(&self) -> Option<u64> {
+        self.handle.current_slot()
+    }
+}

@@ -1,0 +1,239 @@
+//! `tpu-gateway`: Afterburner's service. Clients send signed transactions with
+//! agave's `sendTransaction` (JSON-RPC) or `POST /v1/transactions`; each is validated
+//! as agave's RPC would (size, deserialization, sanitizing, signatures), deduplicated,
+//! and sent through the QUIC engine (`afterburner-xdp`, over kernel UDP or AF_XDP) to
+//! the current and upcoming leaders (`leader-schedule`), then rebroadcast until it
+//! lands, runs out of retries or expires. Every accepted transaction is accounted
+//! for in Prometheus metrics.
+//!
+//! - [`config`]: TOML + environment + flags.
+//! - [`rpc`], [`validate`], [`http`]: the ingress.
+//! - [`service`], [`dedup`], [`leaders`]: the send path.
+//! - [`metrics`]: everything exported.
+
+pub mod config;
+pub mod dedup;
+pub mod http;
+pub mod leaders;
+pub mod metrics;
+pub mod rpc;
+pub mod service;
+pub mod validate;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use afterburner_xdp::{AnyIo, EngineConfig, EngineHandle, Identity, PacketPath, xdp::XdpConfig};
+use anyhow::{Context, Result};
+use leader_schedule::{Failover, Fanout, LeaderTracker, TrackerConfig, TrackerStats};
+use solana_client::nonblocking::rpc_client::RpcClient;
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{
+    config::{Config, PathKind, PreflightMode},
+    leaders::{LeaderSource, StaticLeaders, TrackedLeaders},
+    metrics::Metrics,
+    service::{Forwarder, Preflight, Service, ServiceConfig},
+};
+
+/// A running gateway.
+pub struct Gateway {
+    /// Where JSON-RPC listens.
+    pub rpc_addr: SocketAddr,
+    /// Where `/metrics` listens.
+    pub metrics_addr: SocketAddr,
+    /// The service (readiness, metrics).
+    pub service: Arc<Service>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    forwarder: JoinHandle<()>,
+    _tracker: Option<LeaderTracker>,
+    deadline: Duration,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("rpc_addr", &self.rpc_addr)
+            .field("metrics_addr", &self.metrics_addr)
+            .finish()
+    }
+}
+
+impl Gateway {
+    /// Starts everything on the current tokio runtime (multi-threaded).
+    ///
+    /// # Errors
+    /// Identity, packet path, engine or listener failures, with context.
+    pub async fn start(config: Config) -> Result<Self> {
+        let identity = match &config.identity {
+            Some(path) => Identity::from_keypair_file(path)
+                .with_context(|| format!("identity keypair {}", path.display()))?,
+            None => {
+                tracing::warn!("no identity configured: using a random, unstaked identity");
+                Identity::random()
+            }
+        };
+        tracing::info!(identity = %identity.pubkey(), "identity");
+
+        let path = match config.packet_path.kind {
+            PathKind::Udp => PacketPath::Udp(config.packet_path.bind),
+            PathKind::Xdp => PacketPath::Xdp {
+                config: XdpConfig {
+                    port: config.packet_path.xdp_port,
+                    ..XdpConfig::new(config.packet_path.interface.clone().unwrap_or_default())
+                },
+                fallback: config
+                    .packet_path
+                    .xdp_fallback_to_udp
+                    .then_some(config.packet_path.bind),
+            },
+        };
+        let io = AnyIo::open(&path).context("opening the packet path")?;
+        let xdp_stats = io.xdp_stats();
+
+        let metrics = Metrics::new().context("metrics")?;
+        let tracker_stats = Arc::new(TrackerStats::default());
+        let (leaders, tracker): (Arc<dyn LeaderSource>, Option<LeaderTracker>) =
+            if config.cluster.static_leaders.is_empty() {
+                let timeout = Duration::from_millis(config.cluster.rpc_timeout_ms);
+                let source = Arc::new(Failover::from_urls(
+                    &config.cluster.rpc_urls,
+                    timeout,
+                    tracker_stats.clone(),
+                ));
+                let tracker_config = TrackerConfig {
+                    websocket_urls: config.cluster.websocket_urls.clone(),
+                    slot_duration: Duration::from_millis(config.cluster.slot_duration_ms),
+                    stale_after: Duration::from_secs(config.cluster.stale_after_secs),
+                    overrides: HashMap::new(),
+                    ..TrackerConfig::default()
+                };
+                let tracker = LeaderTracker::spawn(tracker_config, source, tracker_stats.clone());
+                let handle = tracker.handle();
+                (
+                    Arc::new(TrackedLeaders {
+                        handle,
+                        fanout: Fanout {
+                            send: config.fanout.send,
+                            connect: config.fanout.connect,
+                            ..Fanout::default()
+                        },
+                        stale_after: Duration::from_secs(config.cluster.stale_after_secs),
+                    }),
+                    Some(tracker),
+                )
+            } else {
+                (
+                    Arc::new(StaticLeaders(config.cluster.static_leaders.clone())),
+                    None,
+                )
+            };
+
+        let rpc_client = config.cluster.rpc_urls.first().map(|url| {
+            Arc::new(RpcClient::new_with_timeout(
+                url.clone(),
+                Duration::from_millis(config.cluster.rpc_timeout_ms),
+            ))
+        });
+        let preflight = match (config.validation.preflight, &rpc_client) {
+            (PreflightMode::Forward, Some(rpc)) => Preflight::Forward(rpc.clone()),
+            _ => Preflight::Refuse,
+        };
+
+        let engine_config = EngineConfig {
+            max_connections: config.engine.max_connections,
+            busy_poll: config.engine.busy_poll,
+            busy_poll_idle: Duration::from_millis(config.engine.busy_poll_idle_ms),
+            ..EngineConfig::default()
+        };
+        let (sink, outcomes) = service::outcome_channel();
+        let engine = EngineHandle::spawn(engine_config, &identity, io, sink)
+            .context("starting the QUIC engine")?;
+        metrics
+            .register_sources(
+                engine.stats().clone(),
+                xdp_stats,
+                tracker.as_ref().map(|_| tracker_stats.clone()),
+            )
+            .context("metrics")?;
+        let path_up = Arc::new(AtomicBool::new(true));
+        let service_config = ServiceConfig {
+            queue: config.limits.queue,
+            max_tracked: config.limits.max_tracked,
+            retry_interval: Duration::from_millis(config.retry.interval_ms),
+            default_max_retries: config.retry.default_max_retries,
+            expiry_slots: config.retry.expiry_slots,
+            slot_duration: Duration::from_millis(config.cluster.slot_duration_ms),
+            dedup_window: Duration::from_secs(config.limits.dedup_window_secs),
+            dedup_capacity: config.limits.dedup_capacity,
+            verify_signatures: config.validation.verify_signatures,
+            status_interval: Duration::from_millis(config.retry.status_interval_ms),
+        };
+        let (service, queue) = Service::new(service_config, leaders, metrics, preflight, path_up);
+        let forwarder = Forwarder::new(queue, outcomes, engine, &service, rpc_client);
+        let (stop, stop_rx) = watch::channel(false);
+        let deadline = config.shutdown_deadline();
+        let forwarder = tokio::spawn(forwarder.run(stop_rx.clone(), deadline));
+
+        let rpc_listener = tokio::net::TcpListener::bind(config.rpc.listen)
+            .await
+            .with_context(|| format!("binding rpc.listen {}", config.rpc.listen))?;
+        let metrics_listener = tokio::net::TcpListener::bind(config.metrics.listen)
+            .await
+            .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
+        let rpc_addr = rpc_listener.local_addr()?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        let mut tasks = Vec::new();
+        for (listener, router) in [
+            (
+                rpc_listener,
+                http::router(service.clone(), config.rpc.max_request_bytes),
+            ),
+            (metrics_listener, http::metrics_router(service.clone())),
+        ] {
+            let mut stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    while !*stop.borrow() {
+                        if stop.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            }));
+        }
+        tracing::info!(%rpc_addr, %metrics_addr, "tpu-gateway listening");
+        Ok(Self {
+            rpc_addr,
+            metrics_addr,
+            service,
+            stop,
+            tasks,
+            forwarder,
+            _tracker: tracker,
+            deadline,
+        })
+    }
+
+    /// Stops accepting, sends what is queued within the shutdown deadline, stops
+    /// the engine (detaching XDP) and the listeners.
+    pub async fn shutdown(self) {
+        self.service.stop_accepting();
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(self.deadline + Duration::from_secs(2), self.forwarder).await;
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The `tpu-gateway` binary: loads the configuration, starts the gateway, and shuts
+//! it down cleanly on SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tpu_gateway::{
+    Gateway,
+    config::{Config, LogFormat},
+};
+
+/// Afterburner's transaction gateway.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML); `AFTERBURNER_SECTION__KEY` variables override it.
+    #[arg(long, env = "AFTERBURNER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+    /// Override `identity`.
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    /// Override `rpc.listen`.
+    #[arg(long)]
+    rpc_listen: Option<std::net::SocketAddr>,
+    /// Override `metrics.listen`.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(p) = cli.identity {
+        config.identity = Some(p);
+    }
+    if let Some(a) = cli.rpc_listen {
+        config.rpc.listen = a;
+    }
+    if let Some(a) = cli.metrics_listen {
+        config.metrics.listen = a;
+    }
+    config.validate()?;
+    if let Some(path) = &config.identity {
+        solana_sdk::signature::read_keypair_file(path)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("identity keypair {}", path.display()))?;
+    }
+    if cli.check {
+        println!("configuration ok");
+        return Ok(());
+    }
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tpu-gateway")
+        .build()
+        .context("tokio runtime")?;
+    runtime.block_on(async move {
+        let gateway = Gateway::start(config).await?;
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        gateway.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,705 @@
+//! The send path: [`Service`] takes validated transactions (dedup, bounded queue),
+//! and the forwarder task sends each one to the current leaders through the QUIC
+//! engine, rebroadcasts it until it lands, runs out of retries or expires, and
+//! accounts for every one: accepted = sent + dropped{reason} (+ in flight).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use afterburner_xdp::{DropReason, EngineHandle, Outcome, OutcomeKind, Submission};
+use solana_client::nonblocking::rpc_client::RpcClient;
+use solana_sdk::signature::Signature;
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    dedup::Dedup,
+    leaders::LeaderSource,
+    metrics::Metrics,
+    rpc::{self, RpcError, SendRequest, code},
+};
+
+/// Retry policy and bounds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Accepted transactions waiting for the forwarder.
+    pub queue: usize,
+    /// Transactions tracked for rebroadcast at most; past it, new ones are refused.
+    pub max_tracked: usize,
+    /// Rebroadcast interval.
+    pub retry_interval: Duration,
+    /// Rebroadcasts when the client gives no `maxRetries` (`None`: until expiry).
+    pub default_max_retries: Option<usize>,
+    /// Slots a transaction is kept after acceptance (agave: 150, `MAX_PROCESSING_AGE`).
+    pub expiry_slots: u64,
+    /// Slot duration, for expiry when no slot is known (static leaders).
+    pub slot_duration: Duration,
+    /// Duplicate window.
+    pub dedup_window: Duration,
+    /// Duplicate memory bound.
+    pub dedup_capacity: usize,
+    /// Verify signatures before sending.
+    pub verify_signatures: bool,
+    /// How often landed status is asked for (`getSignatureStatuses`).
+    pub status_interval: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            queue: 10_000,
+            max_tracked: 100_000,
+            retry_interval: Duration::from_secs(2),
+            default_max_retries: None,
+            expiry_slots: 150,
+            slot_duration: Duration::from_millis(400),
+            dedup_window: Duration::from_secs(60),
+            dedup_capacity: 200_000,
+            verify_signatures: true,
+            status_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What happens with `skipPreflight: false`.
+#[derive(Clone)]
+#[allow(missing_debug_implementations, reason = "RpcClient is not Debug")]
+pub enum Preflight {
+    /// Forwarded as `simulateTransaction` to this RPC; a failure is agave's -32002.
+    Forward(Arc<RpcClient>),
+    /// Refused with a message telling the client to set `skipPreflight: true`.
+    Refuse,
+}
+
+/// One accepted transaction on its way to the forwarder.
+#[derive(Debug)]
+pub struct Accepted {
+    signature: Signature,
+    wire: Arc<[u8]>,
+    max_retries: Option<usize>,
+    received_at: Instant,
+}
+
+/// The front half: what request handlers call.
+pub struct Service {
+    queue: mpsc::Sender<Accepted>,
+    dedup: Mutex<Dedup>,
+    config: ServiceConfig,
+    leaders: Arc<dyn LeaderSource>,
+    metrics: Metrics,
+    preflight: Preflight,
+    accepting: AtomicBool,
+    path_up: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Service {
+    /// The service and the receiving end of its queue (for [`Forwarder::run`]).
+    pub fn new(
+        config: ServiceConfig,
+        leaders: Arc<dyn LeaderSource>,
+        metrics: Metrics,
+        preflight: Preflight,
+        path_up: Arc<AtomicBool>,
+    ) -> (Arc<Self>, mpsc::Receiver<Accepted>) {
+        let (queue, rx) = mpsc::channel(config.queue.max(1));
+        let dedup = Mutex::new(Dedup::new(config.dedup_window, config.dedup_capacity));
+        (
+            Arc::new(Self {
+                queue,
+                dedup,
+                config,
+                leaders,
+                metrics,
+                preflight,
+                accepting: AtomicBool::new(true),
+                path_up,
+            }),
+            rx,
+        )
+    }
+
+    /// Stops accepting (shutdown): new sends get -32005.
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// `Ok` when transactions can be sent: schedule fresh, packet path up, accepting.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err("shutting down".into());
+        }
+        if !self.path_up.load(Ordering::SeqCst) {
+            return Err("packet path down".into());
+        }
+        self.leaders.ready()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Accepts raw wire bytes (the `/v1/transactions` route).
+    ///
+    /// # Errors
+    /// The same errors `sendTransaction` gives.
+    pub fn send_wire(&self, wire: Vec<u8>, options: rpc::SendOptions) -> Result<String, RpcError> {
+        let tx = crate::validate::validate(wire, self.config.verify_signatures)?;
+        let request = SendRequest { tx, options };
+        if !request.options.skip_preflight {
+            rpc::Sender::preflight(self, &request)?;
+        }
+        rpc::Sender::send(self, request)
+    }
+
+    /// Counts a refusal under its reason.
+    pub fn count_reject(&self, e: &RpcError) {
+        self.metrics
+            .rejected
+            .with_label_values(&[reject_reason(e)])
+            .inc();
+    }
+}
+
+/// Maps an error to its [`crate::metrics::REJECT_REASONS`] label.
+pub fn reject_reason(e: &RpcError) -> &'static str {
+    let m = e.message.as_str();
+    match e.code {
+        code::QUEUE_FULL => "queue_full",
+        code::NODE_UNHEALTHY => "not_ready",
+        code::MIN_CONTEXT_SLOT_NOT_REACHED => "min_context_slot",
+        code::PREFLIGHT_FAILURE if m.contains("signature verification") => "bad_signature",
+        code::PREFLIGHT_FAILURE => "preflight",
+        _ if m.contains("too large") => "too_large",
+        _ if m.contains("encoding") => "encoding",
+        _ if m.starts_with("failed to deserialize") => "undeserializable",
+        _ if m.starts_with("invalid transaction") => "sanitize",
+        _ => "invalid_params",
+    }
+}
+
+impl rpc::Sender for Service {
+    fn send(&self, request: SendRequest) -> Result<String, RpcError> {
+        let sig = request.tx.signature;
+        let sig_text = sig.to_string();
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(RpcError {
+                code: code::NODE_UNHEALTHY,
+                message: "Node is unhealthy: shutting down".into(),
+                data: None,
+            });
+        }
+        if let Some(min) = request.options.min_context_slot
+            && let Some(slot) = self.leaders.current_slot()
+            && slot < min
+        {
+            return Err(RpcError {
+                code: code::MIN_CONTEXT_SLOT_NOT_REACHED,
+                message: "Minimum context slot has not been reached".into(),
+                data: Some(serde_json::json!({"contextSlot": slot})),
+            });
+        }
+        let now = Instant::now();
+        let fresh = self
+            .dedup
+            .lock()
+            .map_err(|_| internal("dedup lock poisoned"))?
+            .insert(sig, now);
+        if !fresh {
+            self.metrics.duplicates.inc();
+            return Ok(sig_text);
+        }
+        let accepted = Accepted {
+            signature: sig,
+            wire: request.tx.wire,
+            max_retries: request
+                .options
+                .max_retries
+                .or(self.config.default_max_retries),
+            received_at: now,
+        };
+        match self.queue.try_send(accepted) {
+            Ok(()) => {
+                self.metrics.accepted.inc();
+                self.metrics.in_flight.inc();
+                self.metrics.queue_depth.inc();
+                Ok(sig_text)
+            }
+            Err(e) => {
+                if let Ok(mut d) = self.dedup.lock() {
+                    d.remove(&sig);
+                }
+                let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
+                Err(RpcError {
+                    code: if closed {
+                        code::NODE_UNHEALTHY
+                    } else {
+                        code::QUEUE_FULL
+                    },
+                    message: if closed {
+                        "Node is unhealthy: shutting down".into()
+                    } else {
+                        "Too many requests: the send queue is full, retry later".into()
+                    },
+                    data: None,
+                })
+            }
+        }
+    }
+
+    fn verify_signatures(&self) -> bool {
+        self.config.verify_signatures
+    }
+
+    fn health(&self) -> Result<(), String> {
+        self.ready()
+    }
+
+    fn preflight(&self, request: &SendRequest) -> Result<(), RpcError> {
+        match &self.preflight {
+            Preflight::Refuse => Err(RpcError::invalid_params(
+                "preflight simulation is not available on this gateway (no RPC configured for it); \
+                 send with skipPreflight: true",
+            )),
+            Preflight::Forward(rpc) => {
+                let rpc = rpc.clone();
+                let tx = request.tx.transaction.clone();
+                let commitment = request.options.preflight_commitment.clone();
+                // Handlers run on the runtime: block in place for the simulation.
+                let result = tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(async move {
+                        let config = solana_client::rpc_config::RpcSimulateTransactionConfig {
+                            sig_verify: true,
+                            commitment: commitment.as_deref().and_then(|c| c.parse().ok()),
+                            ..Default::default()
+                        };
+                        rpc.simulate_transaction_with_config(&tx, config).await
+                    })
+                });
+                match result {
+                    Ok(r) => match r.value.err.clone() {
+                        None => Ok(()),
+                        Some(err) => Err(RpcError {
+                            code: code::PREFLIGHT_FAILURE,
+                            message: format!("Transaction simulation failed: {err}"),
+                            data: serde_json::to_value(&r.value).ok(),
+                        }),
+                    },
+                    Err(e) => Err(RpcError {
+                        code: code::NODE_UNHEALTHY,
+                        message: format!("Node is unhealthy: preflight simulation failed: {e}"),
+                        data: None,
+                    }),
+                }
+            }
+        }
+    }
+}
+
+fn internal(what: &str) -> RpcError {
+    RpcError {
+        code: code::INTERNAL_ERROR,
+        message: format!("Internal error: {what}"),
+        data: None,
+    }
+}
+
+/// A transaction in the retry set.
+#[derive(Debug)]
+struct Tracked {
+    signature: Signature,
+    wire: Arc<[u8]>,
+    accepted_at: Instant,
+    retries_left: Option<usize>,
+    next_send: Instant,
+    expires: Expiry,
+    attempts: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Expiry {
+    Slot(u64),
+    At(Instant),
+}
+
+/// The first attempt's outcomes, still arriving.
+#[derive(Debug, Default)]
+struct FirstAttempt {
+    pending: usize,
+    sent: bool,
+    last_drop: Option<&'static str>,
+}
+
+/// Engine ids: transaction id times this plus the attempt number.
+const ATTEMPTS: u64 = 1 << 16;
+
+/// The back half: owns the engine handle and the retry set.
+pub struct Forwarder {
+    queue: mpsc::Receiver<Accepted>,
+    outcomes: mpsc::UnboundedReceiver<Outcome>,
+    engine: Option<EngineHandle>,
+    leaders: Arc<dyn LeaderSource>,
+    metrics: Metrics,
+    config: ServiceConfig,
+    status_rpc: Option<Arc<RpcClient>>,
+    tracked: HashMap<u64, Tracked>,
+    first: HashMap<u64, FirstAttempt>,
+    next_id: u64,
+    warm: Vec<SocketAddr>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("tracked", &self.tracked.len())
+            .finish()
+    }
+}
+
+/// An outcome sink that hands engine outcomes to the forwarder.
+pub fn outcome_channel() -> (
+    impl FnMut(Outcome) + Send + 'static,
+    mpsc::UnboundedReceiver<Outcome>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        move |o: Outcome| {
+            // The receiver lives as long as the forwarder, which outlives the engine.
+            let _ = tx.send(o);
+        },
+        rx,
+    )
+}
+
+impl Forwarder {
+    /// The forwarder for `service`'s queue.
+    pub fn new(
+        queue: mpsc::Receiver<Accepted>,
+        outcomes: mpsc::UnboundedReceiver<Outcome>,
+        engine: EngineHandle,
+        service: &Service,
+        status_rpc: Option<Arc<RpcClient>>,
+    ) -> Self {
+        Self {
+            queue,
+            outcomes,
+            engine: Some(engine),
+            leaders: service.leaders.clone(),
+            metrics: service.metrics.clone(),
+            config: service.config.clone(),
+            status_rpc,
+            tracked: HashMap::new(),
+            first: HashMap::new(),
+            next_id: 0,
+            warm: Vec::new(),
+        }
+    }
+
+    /// Runs until `stop` turns true, then drains the queue (each transaction sent
+    /// once), shuts the engine down and accounts for the rest, within `deadline`.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>, deadline: Duration) {
+        let mut retry_tick = tokio::time::interval(Duration::from_millis(50));
+        let mut status_tick = tokio::time::interval(self.config.status_interval);
+        let (landed_tx, mut landed_rx) = mpsc::channel::<Vec<Signature>>(16);
+        let mut status_busy = false;
+        loop {
+            tokio::select! {
+                biased;
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        break;
+                    }
+                }
+                Some(a) = self.queue.recv() => self.accept(a),
+                Some(o) = self.outcomes.recv() => self.outcome(o),
+                Some(landed) = landed_rx.recv() => {
+                    status_busy = false;
+                    self.landed(&landed);
+                }
+                _ = retry_tick.tick() => self.retry_due(),
+                _ = status_tick.tick() => {
+                    if !status_busy && let Some(rpc) = self.status_rpc.clone() {
+                        let sigs: Vec<Signature> = self.tracked.values().map(|t| t.signature).collect();
+                        if !sigs.is_empty() {
+                            status_busy = true;
+                            let tx = landed_tx.clone();
+                            tokio::spawn(async move {
+                                let _ = tx.send(landed_among(&rpc, sigs).await).await;
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        self.finish(deadline).await;
+    }
+
+    fn accept(&mut self, a: Accepted) {
+        self.metrics.queue_depth.dec();
+        if self.tracked.len() >= self.config.max_tracked {
+            // Still sent once below; just not rebroadcast.
+            tracing::debug!("retry set full; sending once without rebroadcast");
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = Instant::now();
+        let targets = self.leaders.targets();
+        self.prewarm(&targets.connect);
+        let expires = match targets.slot {
+            Some(s) => Expiry::Slot(s + self.config.expiry_slots),
+            None => Expiry::At(now + self.config.slot_duration * self.config.expiry_slots as u32),
+        };
+        let n = self.submit(id, 0, &a.wire, &targets.send);
+        self.first.insert(
+            id,
+            FirstAttempt {
+                pending: n,
+                ..Default::default()
+            },
+        );
+        if n == 0 {
+            self.first_outcome(id, Err("no_leader"));
+        } else {
+            self.metrics
+                .accept_to_engine
+                .observe(a.received_at.elapsed().as_secs_f64());
+        }
+        if self.tracked.len() < self.config.max_tracked && a.max_retries != Some(0) {
+            self.tracked.insert(
+                id,
+                Tracked {
+                    signature: a.signature,
+                    wire: a.wire,
+                    accepted_at: a.received_at,
+                    retries_left: a.max_retries,
+                    next_send: now + self.config.retry_interval,
+                    expires,
+                    attempts: 1,
+                },
+            );
+            self.metrics.tracked.set(self.tracked.len() as i64);
+        }
+    }
+
+    /// Hands one attempt to the engine for each target; returns how many were taken.
+    fn submit(&mut self, id: u64, attempt: u64, wire: &Arc<[u8]>, targets: &[SocketAddr]) -> usize {
+        let Some(engine) = &self.engine else {
+            return 0;
+        };
+        if targets.is_empty() {
+            self.metrics.sends.with_label_values(&["no_leader"]).inc();
+            return 0;
+        }
+        let engine_id = id * ATTEMPTS + attempt.min(ATTEMPTS - 1);
+        let batch: Vec<Submission> = targets
+            .iter()
+            .map(|&target| Submission {
+                id: engine_id,
+                payload: wire.clone(),
+                target,
+            })
+            .collect();
+        let n = batch.len();
+        match engine.submit_batch(batch) {
+            Ok(()) => n,
+            Err((e, refused)) => {
+                // Refused outright: these are their outcomes.
+                for s in refused {
+                    self.outcome(Outcome {
+                        id: s.id,
+                        target: s.target,
+                        kind: OutcomeKind::Dropped(e.reason),
+                    });
+                }
+                0
+            }
+        }
+    }
+
+    fn prewarm(&mut self, connect: &[SocketAddr]) {
+        if connect == self.warm.as_slice() {
+            return;
+        }
+        if let Some(engine) = &self.engine {
+            for addr in connect.iter().filter(|a| !self.warm.contains(a)) {
+                let _ = engine.prewarm(*addr);
+            }
+        }
+        self.warm = connect.to_vec();
+    }
+
+    fn outcome(&mut self, o: Outcome) {
+        let label = match o.kind {
+            OutcomeKind::Sent => "sent",
+            OutcomeKind::Dropped(r) => r.label(),
+        };
+        self.metrics.sends.with_label_values(&[label]).inc();
+        let (id, attempt) = (o.id / ATTEMPTS, o.id % ATTEMPTS);
+        if attempt == 0 {
+            let result = match o.kind {
+                OutcomeKind::Sent => Ok(()),
+                OutcomeKind::Dropped(r) => Err(r.label()),
+            };
+            self.first_outcome(id, result);
+        }
+    }
+
+    /// Folds one first-attempt outcome in; counts the transaction once all are in.
+    fn first_outcome(&mut self, id: u64, result: Result<(), &'static str>) {
+        let Some(f) = self.first.get_mut(&id) else {
+            return;
+        };
+        match result {
+            Ok(()) => f.sent = true,
+            Err(reason) => f.last_drop = Some(reason),
+        }
+        f.pending = f.pending.saturating_sub(1);
+        if f.pending > 0 {
+            return;
+        }
+        let done = self.first.remove(&id).unwrap_or_default();
+        self.metrics.in_flight.dec();
+        if done.sent {
+            self.metrics.sent.inc();
+        } else {
+            let reason = done.last_drop.unwrap_or("no_leader");
+            self.metrics.dropped.with_label_values(&[reason]).inc();
+        }
+    }
+
+    fn retry_due(&mut self) {
+        let now = Instant::now();
+        let slot = self.leaders.current_slot();
+        let mut retire = Vec::new();
+        let mut due = Vec::new();
+        for (&id, t) in &self.tracked {
+            let expired = match t.expires {
+                Expiry::Slot(s) => slot.is_some_and(|cur| cur > s),
+                Expiry::At(at) => now >= at,
+            };
+            if expired {
+                retire.push((id, "expired"));
+            } else if now >= t.next_send {
+                if t.retries_left == Some(0) {
+                    retire.push((id, "retries_exhausted"));
+                } else {
+                    due.push(id);
+                }
+            }
+        }
+        for (id, state) in retire {
+            self.retire(id, state);
+        }
+        if due.is_empty() {
+            return;
+        }
+        let targets = self.leaders.targets();
+        self.prewarm(&targets.connect);
+        for id in due {
+            let Some(t) = self.tracked.get_mut(&id) else {
+                continue;
+            };
+            t.retries_left = t.retries_left.map(|r| r.saturating_sub(1));
+            t.next_send = now + self.config.retry_interval;
+            let attempt = t.attempts;
+            t.attempts += 1;
+            let wire = t.wire.clone();
+            self.metrics.retries.inc();
+            self.submit(id, attempt, &wire, &targets.send);
+        }
+    }
+
+    fn retire(&mut self, id: u64, state: &'static str) {
+        if let Some(t) = self.tracked.remove(&id) {
+            if state == "landed" {
+                self.metrics
+                    .landing
+                    .observe(t.accepted_at.elapsed().as_secs_f64());
+            }
+            self.metrics.retired.with_label_values(&[state]).inc();
+            self.metrics.tracked.set(self.tracked.len() as i64);
+        }
+    }
+
+    fn landed(&mut self, sigs: &[Signature]) {
+        let ids: Vec<u64> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| sigs.contains(&t.signature))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.retire(id, "landed");
+        }
+    }
+
+    async fn finish(mut self, deadline: Duration) {
+        let until = tokio::time::Instant::now() + deadline;
+        // Send what was accepted but not yet sent, once each.
+        self.queue.close();
+        while let Ok(a) = self.queue.try_recv() {
+            self.accept(a);
+        }
+        let ids: Vec<u64> = self.tracked.keys().copied().collect();
+        for id in ids {
+            self.retire(id, "shutdown");
+        }
+        // Let the engine finish what it holds, then stop it: what remains is reported
+        // as dropped (shutdown).
+        while !self.first.is_empty() && tokio::time::Instant::now() < until {
+            match tokio::time::timeout_at(until, self.outcomes.recv()).await {
+                Ok(Some(o)) => self.outcome(o),
+                _ => break,
+            }
+        }
+        if let Some(engine) = self.engine.take() {
+            let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        }
+        while let Ok(o) = self.outcomes.try_recv() {
+            self.outcome(o);
+        }
+        // Anything still without an outcome cannot get one now.
+        let ids: Vec<u64> = self.first.keys().copied().collect();
+        for id in ids {
+            if let Some(f) = self.first.get_mut(&id) {
+                f.pending = 1;
+            }
+            self.first_outcome(id, Err(DropReason::Shutdown.label()));
+        }
+    }
+}
+
+/// The signatures among `sigs` that have a status (processed or better).
+async fn landed_among(rpc: &RpcClient, sigs: Vec<Signature>) -> Vec<Signature> {
+    let mut landed = Vec::new();
+    for chunk in sigs.chunks(256) {
+        match rpc.get_signature_statuses(chunk).await {
+            Ok(r) => {
+                for (sig, status) in chunk.iter().zip(r.value) {
+                    if status.is_some() {
+                        landed.push(*sig);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "getSignatureStatuses failed");
+                break;
+            }
+        }
+    }
+    landed
+}

@@ -1,0 +1,409 @@
+//! The gateway end to end, in-process: real Solana clients (`solana-client`'s
+//! `RpcClient`) send through it, and agave's own TPU QUIC server (`solana-streamer`)
+//! receives. Leaders are static (the server's address): leader tracking against a
+//! real validator is tested in `leader-schedule` and in the end-to-end suite.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failure should stop it loudly"
+)]
+
+#[path = "../../afterburner-xdp/tests/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use solana_client::{nonblocking::rpc_client::RpcClient, rpc_config::RpcSendTransactionConfig};
+use solana_sdk::{
+    hash::Hash, pubkey::Pubkey, signature::Keypair, signer::Signer, transaction::Transaction,
+};
+use solana_system_interface::instruction as system_instruction;
+use solana_transaction_status_client_types::UiTransactionEncoding;
+use support::AgaveServer;
+use tpu_gateway::{Gateway, config::Config};
+
+struct Setup {
+    gateway: Gateway,
+    server: AgaveServer,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A gateway with a staked identity, sending to an agave server on loopback.
+async fn setup(extra: &str) -> Setup {
+    let dir = std::env::temp_dir().join(format!(
+        "tpu-gateway-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let identity = Keypair::new();
+    let id_path = dir.join("identity.json");
+    solana_sdk::signer::keypair::write_keypair_file(&identity, &id_path).unwrap();
+    let server = AgaveServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &[(identity.pubkey(), 1_000_000)],
+    );
+    let text = format!(
+        r#"
+identity = "{}"
+[rpc]
+listen = "127.0.0.1:0"
+[metrics]
+listen = "127.0.0.1:0"
+[cluster]
+static_leaders = ["{}"]
+[validation]
+preflight = "refuse"
+[packet_path]
+bind = "127.0.0.1:0"
+{extra}
+"#,
+        id_path.display(),
+        server.addr
+    );
+    let config = Config::from_toml(&text, []).unwrap();
+    let gateway = Gateway::start(config).await.unwrap();
+    Setup {
+        gateway,
+        server,
+        _dir: TempDir(dir),
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn transfer(payer: &Keypair, lamports: u64) -> Transaction {
+    let ix = system_instruction::transfer(&payer.pubkey(), &Pubkey::new_unique(), lamports);
+    Transaction::new_signed_with_payer(&[ix], Some(&payer.pubkey()), &[payer], Hash::new_unique())
+}
+
+async fn post(url: &str, body: impl Into<reqwest::Body>, content_type: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn metric(gateway: &Gateway, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", gateway.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `accepted = sent + dropped` once nothing is in flight.
+async fn assert_accounted(gateway: &Gateway) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let in_flight = metric(gateway, "afterburner_transactions_in_flight").await;
+        if in_flight == 0.0 || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let accepted = metric(gateway, "afterburner_transactions_accepted_total").await;
+    let sent = metric(gateway, "afterburner_transactions_sent_total").await;
+    let dropped = metric(gateway, "afterburner_transactions_dropped_total").await;
+    assert_eq!(
+        metric(gateway, "afterburner_transactions_in_flight").await,
+        0.0
+    );
+    assert_eq!(
+        accepted,
+        sent + dropped,
+        "accepted {accepted} sent {sent} dropped {dropped}"
+    );
+}
+
+/// solana-client's RpcClient sends through the gateway (base58 and base64); agave's
+/// server receives every transaction, byte-identical, from the staked identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_rpc_client_reaches_agave_as_staked() {
+    let s = setup("").await;
+    let client = RpcClient::new(format!("http://{}", s.gateway.rpc_addr));
+    let payer = Keypair::new();
+    let mut sent = Vec::new();
+    for i in 0..20u64 {
+        let tx = transfer(&payer, 1 + i);
+        let config = RpcSendTransactionConfig {
+            skip_preflight: true,
+            encoding: Some(if i % 2 == 0 {
+                UiTransactionEncoding::Base58
+            } else {
+                UiTransactionEncoding::Base64
+            }),
+            ..RpcSendTransactionConfig::default()
+        };
+        let sig = client
+            .send_transaction_with_config(&tx, config)
+            .await
+            .unwrap();
+        assert_eq!(sig, tx.signatures[0]);
+        sent.push(bincode::serialize(&tx).unwrap());
+    }
+    assert_eq!(s.server.wait_for(20, Duration::from_secs(10)), 20);
+    let delivered = s.server.delivered();
+    assert!(
+        delivered.iter().all(|d| d.staked),
+        "every packet from the staked identity"
+    );
+    for tx in &sent {
+        assert!(delivered.iter().any(|d| &d.data == tx), "byte-identical");
+    }
+    // The default config asks for preflight, which this gateway refuses, clearly.
+    let err = client
+        .send_transaction(&transfer(&payer, 99))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("skipPreflight: true"), "{err}");
+    // getHealth / getVersion through the same client.
+    client.get_health().await.unwrap();
+    assert_eq!(
+        client.get_version().await.unwrap().solana_core,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_accounted(&s.gateway).await;
+    assert_eq!(
+        metric(&s.gateway, "afterburner_transactions_sent_total").await,
+        20.0
+    );
+    s.gateway.shutdown().await;
+}
+
+/// Every malformed-input class gets agave's code and message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_inputs_get_agaves_errors() {
+    let s = setup("").await;
+    let url = format!("http://{}/", s.gateway.rpc_addr);
+    let payer = Keypair::new();
+    let good = bincode::serialize(&transfer(&payer, 1)).unwrap();
+    let b58 = |b: &[u8]| bs58::encode(b).into_string();
+    let b64 = |b: &[u8]| base64::prelude::BASE64_STANDARD.encode(b);
+    let mut bad_sig = good.clone();
+    bad_sig[1] ^= 1;
+    let name = "solana_transaction::versioned::VersionedTransaction";
+    let send = |data: String, opts: Value| {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "sendTransaction", "params": [data, opts]})
+            .to_string()
+    };
+    let skip = json!({"skipPreflight": true});
+    let skip64 = json!({"skipPreflight": true, "encoding": "base64"});
+    let dup = transfer(&payer, 2);
+    let dup_wire = bincode::serialize(&dup).unwrap();
+    let cases: Vec<(&str, String, i64, String)> = vec![
+        (
+            "bad json",
+            "{\"jsonrpc\": \"2.0\", ".into(),
+            -32700,
+            "Parse error".into(),
+        ),
+        (
+            "not a request",
+            "[1]".into(),
+            -32600,
+            "Invalid request".into(),
+        ),
+        (
+            "unknown method",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "getBlock"}).to_string(),
+            -32601,
+            "Method not found".into(),
+        ),
+        (
+            "bad encoding name",
+            send(
+                b58(&good),
+                json!({"skipPreflight": true, "encoding": "jsonParsed"}),
+            ),
+            -32602,
+            "unsupported encoding: jsonParsed. Supported encodings: base58, base64".into(),
+        ),
+        (
+            "bad base58",
+            send("0OIl".into(), skip.clone()),
+            -32602,
+            "invalid base58 encoding: InvalidCharacter { character: '0', index: 0 }".into(),
+        ),
+        (
+            "bad base64",
+            send("!!!!".into(), skip64.clone()),
+            -32602,
+            "invalid base64 encoding: InvalidByte(0, 33)".into(),
+        ),
+        (
+            "too large encoded",
+            send("1".repeat(1684), skip.clone()),
+            -32602,
+            format!("base58 encoded {name} too large: 1684 bytes (max: encoded/raw 1683/1232)"),
+        ),
+        (
+            "too large decoded",
+            send(b64(&[1u8; 1233]), skip64.clone()),
+            -32602,
+            format!("decoded {name} too large: 1233 bytes (max: 1232 bytes)"),
+        ),
+        // The next three inputs are agave's own test vectors (rpc.rs,
+        // test_decode_and_deserialize_too_large_payloads_fail), with its messages.
+        (
+            "undeserializable",
+            send(b64(&[0xffu8; 1230]), skip64.clone()),
+            -32602,
+            format!(
+                "failed to deserialize {name}: invalid value: continue signal on byte-three, \
+                 expected a terminal signal on or before byte-three"
+            ),
+        ),
+        (
+            "bad base64 late in the string",
+            send(format!("{}!", b64(&[0xffu8; 1230])), skip64.clone()),
+            -32602,
+            "invalid base64 encoding: InvalidByte(1640, 33)".into(),
+        ),
+        (
+            "too large decoded, base58",
+            send(b58(&[0u8; 1233]), skip.clone()),
+            -32602,
+            format!("decoded {name} too large: 1233 bytes (max: 1232 bytes)"),
+        ),
+        (
+            "bad signature",
+            send(b58(&bad_sig), skip.clone()),
+            -32002,
+            "Transaction simulation failed: Transaction signature verification failure".into(),
+        ),
+    ];
+    for (what, body, code, message) in cases {
+        let (status, v) = post(&url, body, "application/json").await;
+        assert_eq!(status, 200, "{what}");
+        let e = if v.is_array() {
+            &v[0]["error"]
+        } else {
+            &v["error"]
+        };
+        assert_eq!(e["code"], code, "{what}: {v}");
+        assert_eq!(e["message"], message, "{what}: {v}");
+    }
+    // A duplicate returns the same signature, and is sent once.
+    for _ in 0..3 {
+        let (_, v) = post(&url, send(b58(&dup_wire), skip.clone()), "application/json").await;
+        assert_eq!(v["result"], dup.signatures[0].to_string());
+    }
+    assert_eq!(s.server.wait_for(1, Duration::from_secs(5)), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.server.delivered_count(),
+        1,
+        "a duplicate is not sent again"
+    );
+    assert_eq!(
+        metric(&s.gateway, "afterburner_transactions_duplicate_total").await,
+        2.0
+    );
+    // Batches: one response per request, in order.
+    let batch = format!(
+        "[{}, {}]",
+        json!({"jsonrpc": "2.0", "id": 7, "method": "getHealth"}),
+        json!({"jsonrpc": "2.0", "id": 8, "method": "nope"})
+    );
+    let (_, v) = post(&url, batch, "application/json").await;
+    assert_eq!(v[0]["id"], 7);
+    assert_eq!(v[0]["result"], "ok");
+    assert_eq!(v[1]["error"]["code"], -32601);
+    // Over the body limit: refused before parsing.
+    let (status, _) = post(&url, vec![b' '; 60 * 1024], "application/json").await;
+    assert_eq!(status, 413);
+    // The raw route: wire bytes in, signature out.
+    let raw = transfer(&payer, 3);
+    let (status, v) = post(
+        &format!("http://{}/v1/transactions", s.gateway.rpc_addr),
+        bincode::serialize(&raw).unwrap(),
+        "application/octet-stream",
+    )
+    .await;
+    assert_eq!(
+        (status, v["signature"].clone()),
+        (200, json!(raw.signatures[0].to_string()))
+    );
+    let (status, v) = post(
+        &format!("http://{}/v1/transactions", s.gateway.rpc_addr),
+        bad_sig.clone(),
+        "application/octet-stream",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["code"], -32002);
+    assert!(metric(&s.gateway, "afterburner_transactions_rejected_total").await >= 9.0);
+    assert_accounted(&s.gateway).await;
+    s.gateway.shutdown().await;
+}
+
+/// A burst beyond the queue bound gets HTTP 429 / -32090 for what does not fit, not
+/// memory growth; what was accepted is all accounted for.
+#[tokio::test(flavor = "current_thread")]
+async fn burst_beyond_the_queue_is_refused_and_accounted() {
+    // One runtime thread: the forwarder cannot drain while the batch is handled, so
+    // the bound is what decides.
+    let s = setup("[limits]\nqueue = 8\n").await;
+    let url = format!("http://{}/", s.gateway.rpc_addr);
+    let payer = Keypair::new();
+    let batch: Vec<Value> = (0..50u64)
+        .map(|i| {
+            let wire = bincode::serialize(&transfer(&payer, 1 + i)).unwrap();
+            json!({"jsonrpc": "2.0", "id": i, "method": "sendTransaction",
+                   "params": [bs58::encode(wire).into_string(), {"skipPreflight": true}]})
+        })
+        .collect();
+    let (status, v) = post(&url, Value::Array(batch).to_string(), "application/json").await;
+    assert_eq!(status, 429);
+    let items = v.as_array().unwrap();
+    let ok = items.iter().filter(|i| i.get("result").is_some()).count();
+    let full = items
+        .iter()
+        .filter(|i| i["error"]["code"] == -32090)
+        .count();
+    assert_eq!(ok, 8, "exactly the queue bound accepted");
+    assert_eq!(ok + full, 50);
+    assert_eq!(s.server.wait_for(8, Duration::from_secs(10)), 8);
+    assert_eq!(
+        metric(&s.gateway, "afterburner_transactions_accepted_total").await,
+        8.0
+    );
+    assert_eq!(
+        metric(
+            &s.gateway,
+            "afterburner_transactions_rejected_total{reason=\"queue_full\"}"
+        )
+        .await,
+        42.0
+    );
+    assert_accounted(&s.gateway).await;
+    s.gateway.shutdown().await;
+}
