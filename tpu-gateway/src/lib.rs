@@ -30,6 +30,7 @@ use std::{
 use afterburner_xdp::{AnyIo, EngineConfig, EngineHandle, Identity, PacketPath, xdp::XdpConfig};
 use anyhow::{Context, Result};
 use leader_schedule::{Failover, Fanout, LeaderTracker, TrackerConfig, TrackerStats};
+use prometheus::core::Collector as _;
 use solana_client::nonblocking::rpc_client::RpcClient;
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -235,5 +236,23 @@ impl Gateway {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
+        let m = self.service.metrics();
+        let dropped: u64 = m
+            .dropped
+            .collect()
+            .iter()
+            .flat_map(|f| {
+                f.get_metric()
+                    .iter()
+                    .map(|x| x.get_counter().get_value() as u64)
+            })
+            .sum();
+        tracing::info!(
+            accepted = m.accepted.get(),
+            sent = m.sent.get(),
+            dropped,
+            in_flight = m.in_flight.get(),
+            "final accounting"
+        );
     }
 }

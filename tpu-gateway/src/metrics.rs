@@ -251,7 +251,7 @@ fn family(
                 p
             })
             .collect();
-        m.set_label(pairs.into());
+        m.set_label(pairs);
         match kind {
             MetricType::COUNTER => {
                 let mut c = Counter::default();

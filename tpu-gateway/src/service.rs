@@ -4,7 +4,7 @@
 //! accounts for every one: accepted = sent + dropped{reason} (+ in flight).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -357,6 +357,8 @@ pub struct Forwarder {
     config: ServiceConfig,
     status_rpc: Option<Arc<RpcClient>>,
     tracked: HashMap<u64, Tracked>,
+    /// When each tracked transaction is next due (send or retire), in time order.
+    schedule: BTreeSet<(Instant, u64)>,
     first: HashMap<u64, FirstAttempt>,
     next_id: u64,
     warm: Vec<SocketAddr>,
@@ -403,6 +405,7 @@ impl Forwarder {
             config: service.config.clone(),
             status_rpc,
             tracked: HashMap::new(),
+            schedule: BTreeSet::new(),
             first: HashMap::new(),
             next_id: 0,
             warm: Vec::new(),
@@ -412,7 +415,8 @@ impl Forwarder {
     /// Runs until `stop` turns true, then drains the queue (each transaction sent
     /// once), shuts the engine down and accounts for the rest, within `deadline`.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>, deadline: Duration) {
-        let mut retry_tick = tokio::time::interval(Duration::from_millis(50));
+        // Cheap: only what is due is looked at (the schedule is ordered by time).
+        let mut retry_tick = tokio::time::interval(Duration::from_millis(10));
         let mut status_tick = tokio::time::interval(self.config.status_interval);
         let (landed_tx, mut landed_rx) = mpsc::channel::<Vec<Signature>>(16);
         let mut status_busy = false;
@@ -479,6 +483,8 @@ impl Forwarder {
                 .observe(a.received_at.elapsed().as_secs_f64());
         }
         if self.tracked.len() < self.config.max_tracked && a.max_retries != Some(0) {
+            let next_send = now + self.config.retry_interval;
+            self.schedule.insert((next_send, id));
             self.tracked.insert(
                 id,
                 Tracked {
@@ -486,7 +492,7 @@ impl Forwarder {
                     wire: a.wire,
                     accepted_at: a.received_at,
                     retries_left: a.max_retries,
-                    next_send: now + self.config.retry_interval,
+                    next_send,
                     expires,
                     attempts: 1,
                 },
@@ -581,28 +587,31 @@ impl Forwarder {
         }
     }
 
+    /// Handles every tracked transaction that is due: retired when expired or out of
+    /// retries, else rebroadcast and rescheduled.
     fn retry_due(&mut self) {
         let now = Instant::now();
         let slot = self.leaders.current_slot();
-        let mut retire = Vec::new();
         let mut due = Vec::new();
-        for (&id, t) in &self.tracked {
+        while let Some(&(at, id)) = self.schedule.first() {
+            if at > now {
+                break;
+            }
+            self.schedule.pop_first();
+            let Some(t) = self.tracked.get(&id) else {
+                continue; // landed meanwhile
+            };
             let expired = match t.expires {
                 Expiry::Slot(s) => slot.is_some_and(|cur| cur > s),
                 Expiry::At(at) => now >= at,
             };
             if expired {
-                retire.push((id, "expired"));
-            } else if now >= t.next_send {
-                if t.retries_left == Some(0) {
-                    retire.push((id, "retries_exhausted"));
-                } else {
-                    due.push(id);
-                }
+                self.retire(id, "expired");
+            } else if t.retries_left == Some(0) {
+                self.retire(id, "retries_exhausted");
+            } else {
+                due.push(id);
             }
-        }
-        for (id, state) in retire {
-            self.retire(id, state);
         }
         if due.is_empty() {
             return;
@@ -615,6 +624,7 @@ impl Forwarder {
             };
             t.retries_left = t.retries_left.map(|r| r.saturating_sub(1));
             t.next_send = now + self.config.retry_interval;
+            self.schedule.insert((t.next_send, id));
             let attempt = t.attempts;
             t.attempts += 1;
             let wire = t.wire.clone();

@@ -38,6 +38,11 @@ impl Drop for TempDir {
 
 /// A gateway with a staked identity, sending to an agave server on loopback.
 async fn setup(extra: &str) -> Setup {
+    setup_env(extra, &[]).await
+}
+
+/// As [`setup`], with `AFTERBURNER_*` overrides.
+async fn setup_env(extra: &str, env: &[(&str, &str)]) -> Setup {
     let dir = std::env::temp_dir().join(format!(
         "tpu-gateway-test-{}-{}",
         std::process::id(),
@@ -69,7 +74,8 @@ bind = "127.0.0.1:0"
         id_path.display(),
         server.addr
     );
-    let config = Config::from_toml(&text, []).unwrap();
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    let config = Config::from_toml(&text, env).unwrap();
     let gateway = Gateway::start(config).await.unwrap();
     Setup {
         gateway,
@@ -405,5 +411,135 @@ async fn burst_beyond_the_queue_is_refused_and_accounted() {
         42.0
     );
     assert_accounted(&s.gateway).await;
+    s.gateway.shutdown().await;
+}
+
+/// Rebroadcast: `maxRetries: 2` means three sends in all, then the transaction is
+/// retired as out of retries; `maxRetries: 0` means one send; without it, it is
+/// rebroadcast until it expires (here 25 slots of 20 ms, every 50 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebroadcast_until_retries_run_out_or_expiry() {
+    let s = setup_env(
+        "[retry]\ninterval_ms = 50\nexpiry_slots = 25\n",
+        &[("AFTERBURNER_CLUSTER__SLOT_DURATION_MS", "20")],
+    )
+    .await;
+    let url = format!("http://{}/", s.gateway.rpc_addr);
+    let payer = Keypair::new();
+    let send = |tx: &Transaction, opts: Value| {
+        let data = bs58::encode(bincode::serialize(tx).unwrap()).into_string();
+        json!({"jsonrpc": "2.0", "id": 1, "method": "sendTransaction", "params": [data, opts]})
+            .to_string()
+    };
+    let (three, once, until_expiry) = (
+        transfer(&payer, 1),
+        transfer(&payer, 2),
+        transfer(&payer, 3),
+    );
+    for (tx, opts) in [
+        (&three, json!({"skipPreflight": true, "maxRetries": 2})),
+        (&once, json!({"skipPreflight": true, "maxRetries": 0})),
+        (&until_expiry, json!({"skipPreflight": true})),
+    ] {
+        let (_, v) = post(&url, send(tx, opts), "application/json").await;
+        assert_eq!(v["result"], tx.signatures[0].to_string());
+    }
+    // Expiry after 500 ms: about 10 sends of the third, one every 50 ms.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let count = |tx: &Transaction| {
+        let wire = bincode::serialize(tx).unwrap();
+        s.server
+            .delivered()
+            .iter()
+            .filter(|d| d.data == wire)
+            .count()
+    };
+    assert_eq!(count(&three), 3, "sent, then rebroadcast twice");
+    assert_eq!(count(&once), 1, "maxRetries 0: sent once");
+    let n = count(&until_expiry);
+    assert!((6..=11).contains(&n), "rebroadcast until expiry: {n}");
+    assert_eq!(
+        metric(
+            &s.gateway,
+            "afterburner_transactions_retired_total{state=\"retries_exhausted\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &s.gateway,
+            "afterburner_transactions_retired_total{state=\"expired\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(&s.gateway, "afterburner_transactions_tracked").await,
+        0.0
+    );
+    assert_eq!(
+        metric(&s.gateway, "afterburner_retries_total").await,
+        (2 + n - 1) as f64
+    );
+    // Accounting counts transactions, not sends.
+    assert_eq!(
+        metric(&s.gateway, "afterburner_transactions_sent_total").await,
+        3.0
+    );
+    assert_accounted(&s.gateway).await;
+    s.gateway.shutdown().await;
+}
+
+/// A leader that never answers: the first send cannot reach it, and the transaction
+/// is counted as dropped with the engine's reason; /ready and /health answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_leader_is_a_counted_drop() {
+    // Nothing listens on this UDP port: the handshake times out.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let static_leaders = format!("[\"{dead_addr}\"]");
+    let s = setup_env(
+        "",
+        &[("AFTERBURNER_CLUSTER__STATIC_LEADERS", &static_leaders)],
+    )
+    .await;
+    let (status, _) = (
+        reqwest::get(format!("http://{}/ready", s.gateway.rpc_addr))
+            .await
+            .unwrap()
+            .status(),
+        (),
+    );
+    assert_eq!(status.as_u16(), 200);
+    let url = format!("http://{}/", s.gateway.rpc_addr);
+    let payer = Keypair::new();
+    let tx = transfer(&payer, 1);
+    let data = bs58::encode(bincode::serialize(&tx).unwrap()).into_string();
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "sendTransaction",
+                      "params": [data, {"skipPreflight": true, "maxRetries": 0}]});
+    let (_, v) = post(&url, body.to_string(), "application/json").await;
+    assert_eq!(v["result"], tx.signatures[0].to_string());
+    // The engine gives up after its 2 s handshake timeout.
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    while metric(&s.gateway, "afterburner_transactions_dropped_total").await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no drop counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        metric(
+            &s.gateway,
+            "afterburner_transactions_dropped_total{reason=\"handshake_timeout\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(&s.gateway, "afterburner_transactions_sent_total").await,
+        0.0
+    );
+    assert_accounted(&s.gateway).await;
+    assert_eq!(s.server.delivered_count(), 0);
     s.gateway.shutdown().await;
 }

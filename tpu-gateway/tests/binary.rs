@@ -1,0 +1,284 @@
+//! The `tpu-gateway` binary: configuration checks, and SIGTERM under load (exits 0
+//! within the deadline, with every accepted transaction accounted for).
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failure should stop it loudly"
+)]
+
+#[path = "../../afterburner-xdp/tests/support/mod.rs"]
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use solana_sdk::{
+    hash::Hash, pubkey::Pubkey, signature::Keypair, signer::Signer, transaction::Transaction,
+};
+use solana_system_interface::instruction as system_instruction;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tpu-gateway");
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tpu-gateway-bin-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn keypair_file(dir: &Path) -> (Keypair, PathBuf) {
+    let k = Keypair::new();
+    let p = dir.join("identity.json");
+    solana_sdk::signer::keypair::write_keypair_file(&k, &p).unwrap();
+    (k, p)
+}
+
+fn example_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/tpu-gateway.toml")
+}
+
+#[test]
+fn the_example_config_passes_check() {
+    let dir = temp_dir("check");
+    let (_, id) = keypair_file(&dir);
+    // The example names /etc/afterburner/identity.json; point it at a real file.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(example_config())
+        .arg("--identity")
+        .arg(&id)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "configuration ok"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn unknown_keys_and_bad_keypair_paths_are_named() {
+    let dir = temp_dir("bad");
+    let cfg = dir.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[cluster]\nrpc_urls = [\"http://127.0.0.1:1\"]\n[retry]\nintervall_ms = 3\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("intervall_ms"), "{err}");
+
+    std::fs::write(
+        &cfg,
+        "identity = \"/nonexistent/id.json\"\n[cluster]\nrpc_urls = [\"http://127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/id.json"), "{err}");
+
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.join("missing.toml"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Under a steady stream of sends, SIGTERM: the process stops accepting, sends what
+/// is queued, exits 0 within the deadline, and its final accounting balances
+/// (accepted = sent + dropped, nothing in flight) and covers every transaction a
+/// client was told was accepted.
+#[test]
+fn sigterm_under_load_exits_cleanly_and_accounts_for_everything() {
+    let dir = temp_dir("sigterm");
+    let (identity, id_path) = keypair_file(&dir);
+    let server = support::AgaveServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &[(identity.pubkey(), 1_000_000)],
+    );
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cfg = dir.join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "identity = \"{}\"\nshutdown_deadline_ms = 2000\n[rpc]\nlisten = \"127.0.0.1:{port}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n[cluster]\nstatic_leaders = [\"{}\"]\n\
+             [validation]\npreflight = \"refuse\"\n[packet_path]\nbind = \"127.0.0.1:0\"\n",
+            id_path.display(),
+            server.addr
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(l);
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}/");
+    let client = reqwest::blocking_client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get(format!("http://127.0.0.1:{port}/ready")) != Some(200) {
+        assert!(Instant::now() < deadline, "gateway not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Load: senders until the process goes away.
+    let payer = Keypair::new();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut senders = vec![];
+    for t in 0..4u64 {
+        let url = url.clone();
+        let payer = payer.insecure_clone();
+        let stop = stop.clone();
+        senders.push(std::thread::spawn(move || {
+            let client = reqwest::blocking_client();
+            let mut ok = 0u64;
+            for i in 0..100_000u64 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let ix = system_instruction::transfer(&payer.pubkey(), &Pubkey::new_unique(), 1 + i * 4 + t);
+                let tx = Transaction::new_signed_with_payer(&[ix], Some(&payer.pubkey()), &[&payer], Hash::new_unique());
+                let body = serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "sendTransaction",
+                    "params": [bs58::encode(bincode::serialize(&tx).unwrap()).into_string(), {"skipPreflight": true}]});
+                match client.post_json(&url, &body.to_string()) {
+                    Some(v) if v.get("result").is_some() => ok += 1,
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            ok
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let signalled = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(8),
+            "did not exit within the deadline"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let told_ok: u64 = senders.into_iter().map(|s| s.join().unwrap()).sum();
+    assert!(status.success(), "exit status {status}");
+    let exit_time = signalled.elapsed();
+    let log: Vec<String> = lines.try_iter().collect();
+    let line = log
+        .iter()
+        .find(|l| l.contains("final accounting"))
+        .unwrap_or_else(|| panic!("no final accounting in {log:?}"));
+    let field = |name: &str| -> u64 {
+        let at = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (accepted, sent, dropped, in_flight) = (
+        field("accepted"),
+        field("sent"),
+        field("dropped"),
+        field("in_flight"),
+    );
+    println!("SIGTERM: exit after {exit_time:?}; clients told ok {told_ok}; {line}");
+    assert!(told_ok > 100, "load was running: {told_ok}");
+    assert_eq!(in_flight, 0);
+    assert_eq!(accepted, sent + dropped);
+    assert_eq!(
+        accepted, told_ok,
+        "every transaction a client was told was accepted is counted"
+    );
+    assert!(server.wait_for(sent as usize, Duration::from_secs(10)) >= sent as usize);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A tiny blocking HTTP client over reqwest's async one (no extra features needed).
+mod reqwest {
+    pub struct Blocking {
+        rt: tokio::runtime::Runtime,
+        client: ::reqwest::Client,
+    }
+
+    pub fn blocking_client() -> Blocking {
+        Blocking {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            client: ::reqwest::Client::new(),
+        }
+    }
+
+    impl Blocking {
+        pub fn get(&self, url: String) -> Option<u16> {
+            self.rt.block_on(async {
+                self.client
+                    .get(url)
+                    .send()
+                    .await
+                    .ok()
+                    .map(|r| r.status().as_u16())
+            })
+        }
+
+        pub fn post_json(&self, url: &str, body: &str) -> Option<serde_json::Value> {
+            self.rt.block_on(async {
+                let r = self
+                    .client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .ok()?;
+                let bytes = r.bytes().await.ok()?;
+                serde_json::from_slice(&bytes).ok()
+            })
+        }
+    }
+}
