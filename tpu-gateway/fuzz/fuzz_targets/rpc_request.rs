@@ -1,0 +1,41 @@
+//! Fuzzes the request decoding path: any bytes as an HTTP body to `POST /` (JSON-RPC
+//! envelope, batches, `sendTransaction` params, decoding, deserialization,
+//! sanitizing, signature verification) and as a raw `/v1/transactions` body. Nothing
+//! may panic; every answer must be well-formed JSON-RPC.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tpu_gateway::rpc::{self, RpcError, SendRequest, Sender};
+
+/// Accepts everything that validates (as the service would, without sending).
+struct Accepting;
+
+impl Sender for Accepting {
+    fn send(&self, request: SendRequest) -> Result<String, RpcError> {
+        Ok(request.tx.signature.to_string())
+    }
+    fn verify_signatures(&self) -> bool {
+        true
+    }
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn preflight(&self, _: &SendRequest) -> Result<(), RpcError> {
+        Ok(())
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let response = rpc::handle_body(data, &Accepting);
+    if let Some(body) = response.body {
+        let items = match body {
+            serde_json::Value::Array(items) => items,
+            one => vec![one],
+        };
+        for item in items {
+            assert_eq!(item["jsonrpc"], "2.0");
+            assert!(item.get("result").is_some() != item.get("error").is_some());
+        }
+    }
+    let _ = tpu_gateway::validate::validate(data.to_vec(), true);
+});
