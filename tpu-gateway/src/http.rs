@@ -57,7 +57,8 @@ impl rpc::Sender for Counted<'_> {
 }
 
 async fn json_rpc(State(service): State<Arc<Service>>, body: Bytes) -> Response {
-    let response = rpc::handle_body(&body, &Counted(&service));
+    let received_at = std::time::Instant::now();
+    let response = rpc::handle_body(&body, &Counted(&service), received_at);
     count_rpc(&service, &body, &response);
     let status = if response.too_many {
         StatusCode::TOO_MANY_REQUESTS
@@ -139,6 +140,7 @@ async fn transactions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let received_at = std::time::Instant::now();
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -153,6 +155,7 @@ async fn transactions(
                     .and_then(|wire| {
                         service.send_wire(
                             wire,
+                            received_at,
                             SendOptions {
                                 // No preflight unless asked: this route is for raw senders.
                                 skip_preflight: b.skip_preflight.unwrap_or(true),
@@ -166,6 +169,7 @@ async fn transactions(
     } else {
         service.send_wire(
             body.to_vec(),
+            received_at,
             SendOptions {
                 skip_preflight: true,
                 ..SendOptions::default()

@@ -71,6 +71,15 @@ impl Gateway {
     /// # Errors
     /// Identity, packet path, engine or listener failures, with context.
     pub async fn start(config: Config) -> Result<Self> {
+        Self::start_with_latency_samples(config, 0).await
+    }
+
+    /// As [`Self::start`], keeping up to `samples` raw request -> wire latencies for
+    /// [`Service::take_latency_samples`] (benchmarks).
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub async fn start_with_latency_samples(config: Config, samples: usize) -> Result<Self> {
         let identity = match &config.identity {
             Some(path) => Identity::from_keypair_file(path)
                 .with_context(|| format!("identity keypair {}", path.display()))?,
@@ -174,6 +183,7 @@ impl Gateway {
             dedup_capacity: config.limits.dedup_capacity,
             verify_signatures: config.validation.verify_signatures,
             status_interval: Duration::from_millis(config.retry.status_interval_ms),
+            latency_samples: samples,
         };
         let (service, queue) = Service::new(service_config, leaders, metrics, preflight, path_up);
         let forwarder = Forwarder::new(queue, outcomes, engine, &service, rpc_client);

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// Request received → handed to the engine (seconds).
     pub accept_to_engine: Histogram,
+    /// Request read → the transaction's first frame handed to the packet path (seconds).
+    pub request_to_wire: Histogram,
     /// Accepted → seen landed (seconds).
     pub landing: Histogram,
     /// 1 when ready.
@@ -146,6 +148,13 @@ impl Metrics {
                 )
                 .buckets(prometheus::exponential_buckets(1e-6, 2.0, 20)?),
             )?,
+            request_to_wire: Histogram::with_opts(
+                HistogramOpts::new(
+                    "afterburner_request_to_wire_seconds",
+                    "From request read to the transaction's first frame handed to the packet path",
+                )
+                .buckets(prometheus::exponential_buckets(1e-6, 1.25, 64)?),
+            )?,
             landing: Histogram::with_opts(
                 HistogramOpts::new(
                     "afterburner_landing_seconds",
@@ -176,6 +185,7 @@ impl Metrics {
             Box::new(m.tracked.clone()),
             Box::new(m.queue_depth.clone()),
             Box::new(m.accept_to_engine.clone()),
+            Box::new(m.request_to_wire.clone()),
             Box::new(m.landing.clone()),
             Box::new(m.ready.clone()),
             Box::new(m.current_slot.clone()),

@@ -2,6 +2,8 @@
 //! error objects and their codes, and the methods we serve. Parsing is sans-IO; the
 //! service behind `sendTransaction` is the [`Sender`] trait.
 
+use std::time::Instant;
+
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -104,6 +106,8 @@ pub struct SendRequest {
     pub tx: validate::Validated,
     /// The options.
     pub options: SendOptions,
+    /// When the HTTP request had been read (latency is measured from here).
+    pub received_at: Instant,
 }
 
 /// The service behind the methods.
@@ -128,8 +132,8 @@ pub struct Response {
     pub too_many: bool,
 }
 
-/// Handles one HTTP body: a request or a batch.
-pub fn handle_body(body: &[u8], sender: &dyn Sender) -> Response {
+/// Handles one HTTP body (read at `received_at`): a request or a batch.
+pub fn handle_body(body: &[u8], sender: &dyn Sender, received_at: Instant) -> Response {
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(_) => {
@@ -151,11 +155,11 @@ pub fn handle_body(body: &[u8], sender: &dyn Sender) -> Response {
         Value::Array(items) => {
             let out: Vec<Value> = items
                 .into_iter()
-                .filter_map(|item| handle_one(item, sender, &mut too_many))
+                .filter_map(|item| handle_one(item, sender, &mut too_many, received_at))
                 .collect();
             (!out.is_empty()).then_some(Value::Array(out))
         }
-        single => handle_one(single, sender, &mut too_many),
+        single => handle_one(single, sender, &mut too_many, received_at),
     };
     Response { body, too_many }
 }
@@ -165,7 +169,12 @@ fn error_response(id: Value, e: &RpcError) -> Value {
 }
 
 /// One request object; `None` for a notification (no `id`).
-fn handle_one(item: Value, sender: &dyn Sender, too_many: &mut bool) -> Option<Value> {
+fn handle_one(
+    item: Value,
+    sender: &dyn Sender,
+    too_many: &mut bool,
+    received_at: Instant,
+) -> Option<Value> {
     let Value::Object(mut obj) = item else {
         return Some(error_response(
             Value::Null,
@@ -187,7 +196,7 @@ fn handle_one(item: Value, sender: &dyn Sender, too_many: &mut bool) -> Option<V
         }
     };
     let params = obj.remove("params").unwrap_or(Value::Null);
-    let result = call(&method, params, sender);
+    let result = call(&method, params, sender, received_at);
     if let Err(e) = &result
         && e.code == code::QUEUE_FULL
     {
@@ -200,9 +209,14 @@ fn handle_one(item: Value, sender: &dyn Sender, too_many: &mut bool) -> Option<V
     })
 }
 
-fn call(method: &str, params: Value, sender: &dyn Sender) -> Result<Value, RpcError> {
+fn call(
+    method: &str,
+    params: Value,
+    sender: &dyn Sender,
+    received_at: Instant,
+) -> Result<Value, RpcError> {
     match method {
-        "sendTransaction" => send_transaction(params, sender).map(Value::String),
+        "sendTransaction" => send_transaction(params, sender, received_at).map(Value::String),
         "getHealth" => sender
             .health()
             .map(|()| json!("ok"))
@@ -221,12 +235,20 @@ fn call(method: &str, params: Value, sender: &dyn Sender) -> Result<Value, RpcEr
 }
 
 /// Parses `sendTransaction` params, validates the transaction and hands it on.
-fn send_transaction(params: Value, sender: &dyn Sender) -> Result<String, RpcError> {
+fn send_transaction(
+    params: Value,
+    sender: &dyn Sender,
+    received_at: Instant,
+) -> Result<String, RpcError> {
     let (data, options) = parse_send_params(params)?;
     let encoding = Encoding::parse(options.encoding.as_deref().unwrap_or("base58"))?;
     let wire = validate::decode(&data, encoding)?;
     let tx = validate::validate(wire, sender.verify_signatures())?;
-    let request = SendRequest { tx, options };
+    let request = SendRequest {
+        tx,
+        options,
+        received_at,
+    };
     if !request.options.skip_preflight {
         sender.preflight(&request)?;
     }

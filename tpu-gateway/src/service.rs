@@ -48,6 +48,8 @@ pub struct ServiceConfig {
     pub verify_signatures: bool,
     /// How often landed status is asked for (`getSignatureStatuses`).
     pub status_interval: Duration,
+    /// Keep up to this many raw request -> wire latencies (benchmarks; 0: none).
+    pub latency_samples: usize,
 }
 
 impl Default for ServiceConfig {
@@ -63,6 +65,7 @@ impl Default for ServiceConfig {
             dedup_capacity: 200_000,
             verify_signatures: true,
             status_interval: Duration::from_secs(1),
+            latency_samples: 0,
         }
     }
 }
@@ -96,6 +99,7 @@ pub struct Service {
     preflight: Preflight,
     accepting: AtomicBool,
     path_up: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Duration>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -127,9 +131,19 @@ impl Service {
                 preflight,
                 accepting: AtomicBool::new(true),
                 path_up,
+                samples: Arc::new(Mutex::new(Vec::new())),
             }),
             rx,
         )
+    }
+
+    /// The raw request -> wire latencies kept so far (see
+    /// [`ServiceConfig::latency_samples`]), emptied.
+    pub fn take_latency_samples(&self) -> Vec<Duration> {
+        self.samples
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
     }
 
     /// Stops accepting (shutdown): new sends get -32005.
@@ -157,9 +171,18 @@ impl Service {
     ///
     /// # Errors
     /// The same errors `sendTransaction` gives.
-    pub fn send_wire(&self, wire: Vec<u8>, options: rpc::SendOptions) -> Result<String, RpcError> {
+    pub fn send_wire(
+        &self,
+        wire: Vec<u8>,
+        received_at: Instant,
+        options: rpc::SendOptions,
+    ) -> Result<String, RpcError> {
         let tx = crate::validate::validate(wire, self.config.verify_signatures)?;
-        let request = SendRequest { tx, options };
+        let request = SendRequest {
+            tx,
+            options,
+            received_at,
+        };
         if !request.options.skip_preflight {
             rpc::Sender::preflight(self, &request)?;
         }
@@ -337,11 +360,12 @@ enum Expiry {
 }
 
 /// The first attempt's outcomes, still arriving.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct FirstAttempt {
     pending: usize,
     sent: bool,
     last_drop: Option<&'static str>,
+    received_at: Instant,
 }
 
 /// Engine ids: transaction id times this plus the attempt number.
@@ -350,8 +374,9 @@ const ATTEMPTS: u64 = 1 << 16;
 /// The back half: owns the engine handle and the retry set.
 pub struct Forwarder {
     queue: mpsc::Receiver<Accepted>,
-    outcomes: mpsc::UnboundedReceiver<Outcome>,
+    outcomes: mpsc::UnboundedReceiver<(Outcome, Instant)>,
     engine: Option<EngineHandle>,
+    samples: Arc<Mutex<Vec<Duration>>>,
     leaders: Arc<dyn LeaderSource>,
     metrics: Metrics,
     config: ServiceConfig,
@@ -372,16 +397,18 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
-/// An outcome sink that hands engine outcomes to the forwarder.
+/// An outcome sink that hands engine outcomes to the forwarder, stamped with the
+/// time the engine reported them (the engine reports a send after the pass that
+/// handed its frames to the packet path).
 pub fn outcome_channel() -> (
     impl FnMut(Outcome) + Send + 'static,
-    mpsc::UnboundedReceiver<Outcome>,
+    mpsc::UnboundedReceiver<(Outcome, Instant)>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
     (
         move |o: Outcome| {
             // The receiver lives as long as the forwarder, which outlives the engine.
-            let _ = tx.send(o);
+            let _ = tx.send((o, Instant::now()));
         },
         rx,
     )
@@ -391,7 +418,7 @@ impl Forwarder {
     /// The forwarder for `service`'s queue.
     pub fn new(
         queue: mpsc::Receiver<Accepted>,
-        outcomes: mpsc::UnboundedReceiver<Outcome>,
+        outcomes: mpsc::UnboundedReceiver<(Outcome, Instant)>,
         engine: EngineHandle,
         service: &Service,
         status_rpc: Option<Arc<RpcClient>>,
@@ -400,6 +427,7 @@ impl Forwarder {
             queue,
             outcomes,
             engine: Some(engine),
+            samples: service.samples.clone(),
             leaders: service.leaders.clone(),
             metrics: service.metrics.clone(),
             config: service.config.clone(),
@@ -429,7 +457,7 @@ impl Forwarder {
                     }
                 }
                 Some(a) = self.queue.recv() => self.accept(a),
-                Some(o) = self.outcomes.recv() => self.outcome(o),
+                Some((o, at)) = self.outcomes.recv() => self.outcome(o, at),
                 Some(landed) = landed_rx.recv() => {
                     status_busy = false;
                     self.landed(&landed);
@@ -472,7 +500,9 @@ impl Forwarder {
             id,
             FirstAttempt {
                 pending: n,
-                ..Default::default()
+                sent: false,
+                last_drop: None,
+                received_at: a.received_at,
             },
         );
         if n == 0 {
@@ -524,12 +554,16 @@ impl Forwarder {
             Ok(()) => n,
             Err((e, refused)) => {
                 // Refused outright: these are their outcomes.
+                let now = Instant::now();
                 for s in refused {
-                    self.outcome(Outcome {
-                        id: s.id,
-                        target: s.target,
-                        kind: OutcomeKind::Dropped(e.reason),
-                    });
+                    self.outcome(
+                        Outcome {
+                            id: s.id,
+                            target: s.target,
+                            kind: OutcomeKind::Dropped(e.reason),
+                        },
+                        now,
+                    );
                 }
                 0
             }
@@ -548,7 +582,7 @@ impl Forwarder {
         self.warm = connect.to_vec();
     }
 
-    fn outcome(&mut self, o: Outcome) {
+    fn outcome(&mut self, o: Outcome, at: Instant) {
         let label = match o.kind {
             OutcomeKind::Sent => "sent",
             OutcomeKind::Dropped(r) => r.label(),
@@ -556,6 +590,19 @@ impl Forwarder {
         self.metrics.sends.with_label_values(&[label]).inc();
         let (id, attempt) = (o.id / ATTEMPTS, o.id % ATTEMPTS);
         if attempt == 0 {
+            // The first frame of a transaction on the wire: request -> wire latency.
+            if let (OutcomeKind::Sent, Some(f)) = (o.kind, self.first.get(&id))
+                && !f.sent
+            {
+                let d = at.saturating_duration_since(f.received_at);
+                self.metrics.request_to_wire.observe(d.as_secs_f64());
+                if self.config.latency_samples > 0
+                    && let Ok(mut s) = self.samples.lock()
+                    && s.len() < self.config.latency_samples
+                {
+                    s.push(d);
+                }
+            }
             let result = match o.kind {
                 OutcomeKind::Sent => Ok(()),
                 OutcomeKind::Dropped(r) => Err(r.label()),
@@ -577,7 +624,9 @@ impl Forwarder {
         if f.pending > 0 {
             return;
         }
-        let done = self.first.remove(&id).unwrap_or_default();
+        let Some(done) = self.first.remove(&id) else {
+            return;
+        };
         self.metrics.in_flight.dec();
         if done.sent {
             self.metrics.sent.inc();
@@ -672,15 +721,15 @@ impl Forwarder {
         // as dropped (shutdown).
         while !self.first.is_empty() && tokio::time::Instant::now() < until {
             match tokio::time::timeout_at(until, self.outcomes.recv()).await {
-                Ok(Some(o)) => self.outcome(o),
+                Ok(Some((o, at))) => self.outcome(o, at),
                 _ => break,
             }
         }
         if let Some(engine) = self.engine.take() {
             let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
         }
-        while let Ok(o) = self.outcomes.try_recv() {
-            self.outcome(o);
+        while let Ok((o, at)) = self.outcomes.try_recv() {
+            self.outcome(o, at);
         }
         // Anything still without an outcome cannot get one now.
         let ids: Vec<u64> = self.first.keys().copied().collect();

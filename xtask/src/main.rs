@@ -18,6 +18,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+mod gateway_bench;
 #[path = "../../afterburner-xdp/tests/support/netns.rs"]
 mod netns;
 mod xdp_bench;
@@ -30,6 +31,8 @@ fn main() -> Result<()> {
         Some("bench-xdp") => xdp_bench::bench_xdp(&args[1..]),
         Some("ebpf") => ebpf(&args[1..]),
         Some("netns") => netns_cmd(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
+        Some("bench-gateway") => gateway_bench::bench_gateway(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -41,6 +44,8 @@ fn main() -> Result<()> {
                  ebpf [--check]                rebuild the XDP object (nightly + bpf-linker);\n    \
                                                --check: fail if the checked-in object differs\n  \
                  netns up [--queues N] | down  the test topology: two namespaces and a veth pair\n  \
+                 fuzz [--runs N]               fuzz the gateway's request decoding (cargo-fuzz, nightly)\n  \
+                 bench-gateway [--rounds N]    gateway ingress vs an axum no-op (wrk), and latency\n  \
                  test [cargo test args]        the whole test suite"
             );
             std::process::exit(2);
@@ -132,6 +137,39 @@ fn ebpf(args: &[String]) -> Result<()> {
         println!("wrote {EBPF_OBJECT} ({} bytes)", fresh.len());
     }
     Ok(())
+}
+
+/// Runs the gateway's request-decoding fuzz target (`tpu-gateway/fuzz`) for `--runs`
+/// executions (default 1,000,000) from the checked-in seeds, and prints libFuzzer's
+/// own count.
+fn fuzz(args: &[String]) -> Result<()> {
+    let runs: u64 = match args {
+        [] => 1_000_000,
+        [flag, n] if flag == "--runs" => n.parse()?,
+        _ => bail!("usage: cargo xtask fuzz [--runs N]"),
+    };
+    let dir = workspace_root().join("tpu-gateway/fuzz");
+    std::fs::create_dir_all(dir.join("corpus/rpc_request"))?;
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(&dir)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("CARGO")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "fuzz",
+            "run",
+            "rpc_request",
+            "-O",
+        ])
+        .arg("corpus/rpc_request")
+        .arg("seeds")
+        .arg("--")
+        .arg(format!("-runs={runs}"))
+        .arg("-max_len=65536");
+    run(cmd).context("cargo fuzz (./x installs cargo-fuzz and nightly's rust-src)")
 }
 
 /// `netns up [--queues N]`: creates the test topology and leaves it in place;
@@ -267,7 +305,7 @@ impl Peer {
         Ok(fields)
     }
 
-    fn close_stdin(&mut self) {
+    pub(crate) fn close_stdin(&mut self) {
         self.stdin = None;
     }
 }

@@ -26,7 +26,7 @@ impl Sender for Accepting {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let response = rpc::handle_body(data, &Accepting);
+    let response = rpc::handle_body(data, &Accepting, std::time::Instant::now());
     if let Some(body) = response.body {
         let items = match body {
             serde_json::Value::Array(items) => items,
