@@ -215,24 +215,15 @@ impl EngineHandle {
         &self,
         batch: Vec<Submission>,
     ) -> Result<(), (SubmitError, Vec<Submission>)> {
-        match self.commands.try_send(Command::Batch(batch)) {
-            Ok(()) => {
-                self.waker.wake_if_sleeping();
-                Ok(())
-            }
-            Err(TrySendError::Full(Command::Batch(b))) => Err((
-                SubmitError {
-                    reason: DropReason::EngineQueueFull,
-                },
-                b,
-            )),
-            Err(TrySendError::Disconnected(Command::Batch(b))) => Err((
-                SubmitError {
-                    reason: DropReason::Shutdown,
-                },
-                b,
-            )),
-            Err(_) => Ok(()),
+        submit_batch(&self.commands, &self.waker, batch)
+    }
+
+    /// A cloneable handle that can submit from any thread (request handlers), while
+    /// this handle keeps the engine thread.
+    pub fn submitter(&self) -> EngineSubmitter {
+        EngineSubmitter {
+            commands: self.commands.clone(),
+            waker: self.waker.clone(),
         }
     }
 
@@ -300,6 +291,59 @@ impl EngineHandle {
         EngineStats::add(&self.stats.submitted, 1);
         self.stats.record_drop(reason);
         SubmitError { reason }
+    }
+}
+
+/// Submits batches to an engine thread; see [`EngineHandle::submitter`]. The engine
+/// stops when its [`EngineHandle`] is shut down, whatever submitters remain.
+#[derive(Clone)]
+pub struct EngineSubmitter {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl std::fmt::Debug for EngineSubmitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineSubmitter").finish_non_exhaustive()
+    }
+}
+
+impl EngineSubmitter {
+    /// As [`EngineHandle::submit_batch`].
+    ///
+    /// # Errors
+    /// As [`EngineHandle::submit_batch`].
+    pub fn submit_batch(
+        &self,
+        batch: Vec<Submission>,
+    ) -> Result<(), (SubmitError, Vec<Submission>)> {
+        submit_batch(&self.commands, &self.waker, batch)
+    }
+}
+
+fn submit_batch(
+    commands: &Sender<Command>,
+    waker: &Waker,
+    batch: Vec<Submission>,
+) -> Result<(), (SubmitError, Vec<Submission>)> {
+    match commands.try_send(Command::Batch(batch)) {
+        Ok(()) => {
+            waker.wake_if_sleeping();
+            Ok(())
+        }
+        Err(TrySendError::Full(Command::Batch(b))) => Err((
+            SubmitError {
+                reason: DropReason::EngineQueueFull,
+            },
+            b,
+        )),
+        Err(TrySendError::Disconnected(Command::Batch(b))) => Err((
+            SubmitError {
+                reason: DropReason::Shutdown,
+            },
+            b,
+        )),
+        Err(_) => Ok(()),
     }
 }
 

@@ -25,7 +25,7 @@ pub mod udp;
 pub mod xdp;
 
 pub use config::EngineConfig;
-pub use driver::{EngineHandle, OutcomeSink, Submission, SubmitError};
+pub use driver::{EngineHandle, EngineSubmitter, OutcomeSink, Submission, SubmitError};
 pub use engine::{ConnectionInfo, Engine, EngineError};
 pub use identity::Identity;
 pub use outcome::{DropReason, Outcome, OutcomeKind};

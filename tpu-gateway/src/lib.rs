@@ -161,7 +161,7 @@ impl Gateway {
             busy_poll_idle: Duration::from_millis(config.engine.busy_poll_idle_ms),
             ..EngineConfig::default()
         };
-        let (sink, outcomes) = service::outcome_channel();
+        let (sink, outcome_tx, outcomes) = service::outcome_channel();
         let engine = EngineHandle::spawn(engine_config, &identity, io, sink)
             .context("starting the QUIC engine")?;
         metrics
@@ -185,7 +185,15 @@ impl Gateway {
             status_interval: Duration::from_millis(config.retry.status_interval_ms),
             latency_samples: samples,
         };
-        let (service, queue) = Service::new(service_config, leaders, metrics, preflight, path_up);
+        let (service, queue) = Service::new(
+            service_config,
+            leaders,
+            metrics,
+            preflight,
+            path_up,
+            engine.submitter(),
+            outcome_tx,
+        );
         let forwarder = Forwarder::new(queue, outcomes, engine, &service, rpc_client);
         let (stop, stop_rx) = watch::channel(false);
         let deadline = config.shutdown_deadline();

@@ -8,12 +8,14 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use afterburner_xdp::{DropReason, EngineHandle, Outcome, OutcomeKind, Submission};
+use afterburner_xdp::{
+    DropReason, EngineHandle, EngineSubmitter, Outcome, OutcomeKind, Submission,
+};
 use solana_client::nonblocking::rpc_client::RpcClient;
 use solana_sdk::signature::Signature;
 use tokio::sync::{mpsc, watch};
@@ -80,18 +82,27 @@ pub enum Preflight {
     Refuse,
 }
 
-/// One accepted transaction on its way to the forwarder.
+/// One accepted transaction, registered with the forwarder (its first send was
+/// already handed to the engine by the request handler).
 #[derive(Debug)]
 pub struct Accepted {
+    id: u64,
     signature: Signature,
     wire: Arc<[u8]>,
     max_retries: Option<usize>,
     received_at: Instant,
+    /// Leaders the first send went to (its outcomes to wait for).
+    sent_to: usize,
+    connect: Vec<SocketAddr>,
+    slot: Option<u64>,
 }
 
 /// The front half: what request handlers call.
 pub struct Service {
     queue: mpsc::Sender<Accepted>,
+    engine: EngineSubmitter,
+    outcomes: mpsc::UnboundedSender<(Outcome, Instant)>,
+    next_id: AtomicU64,
     dedup: Mutex<Dedup>,
     config: ServiceConfig,
     leaders: Arc<dyn LeaderSource>,
@@ -112,18 +123,25 @@ impl std::fmt::Debug for Service {
 
 impl Service {
     /// The service and the receiving end of its queue (for [`Forwarder::run`]).
+    /// `outcomes` is the sender side of [`outcome_channel`] (for sends the engine
+    /// refuses outright).
     pub fn new(
         config: ServiceConfig,
         leaders: Arc<dyn LeaderSource>,
         metrics: Metrics,
         preflight: Preflight,
         path_up: Arc<AtomicBool>,
+        engine: EngineSubmitter,
+        outcomes: OutcomeSender,
     ) -> (Arc<Self>, mpsc::Receiver<Accepted>) {
         let (queue, rx) = mpsc::channel(config.queue.max(1));
         let dedup = Mutex::new(Dedup::new(config.dedup_window, config.dedup_capacity));
         (
             Arc::new(Self {
                 queue,
+                engine,
+                outcomes,
+                next_id: AtomicU64::new(0),
                 dedup,
                 config,
                 leaders,
@@ -236,38 +254,23 @@ impl rpc::Sender for Service {
                 data: Some(serde_json::json!({"contextSlot": slot})),
             });
         }
-        let now = Instant::now();
         let fresh = self
             .dedup
             .lock()
             .map_err(|_| internal("dedup lock poisoned"))?
-            .insert(sig, now);
+            .insert(sig, Instant::now());
         if !fresh {
             self.metrics.duplicates.inc();
             return Ok(sig_text);
         }
-        let accepted = Accepted {
-            signature: sig,
-            wire: request.tx.wire,
-            max_retries: request
-                .options
-                .max_retries
-                .or(self.config.default_max_retries),
-            received_at: now,
-        };
-        match self.queue.try_send(accepted) {
-            Ok(()) => {
-                self.metrics.accepted.inc();
-                self.metrics.in_flight.inc();
-                self.metrics.queue_depth.inc();
-                Ok(sig_text)
-            }
+        let permit = match self.queue.try_reserve() {
+            Ok(p) => p,
             Err(e) => {
                 if let Ok(mut d) = self.dedup.lock() {
                     d.remove(&sig);
                 }
-                let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
-                Err(RpcError {
+                let closed = matches!(e, mpsc::error::TrySendError::Closed(()));
+                return Err(RpcError {
                     code: if closed {
                         code::NODE_UNHEALTHY
                     } else {
@@ -279,9 +282,56 @@ impl rpc::Sender for Service {
                         "Too many requests: the send queue is full, retry later".into()
                     },
                     data: None,
-                })
+                });
             }
+        };
+        // The first send goes to the engine from here, without a hop through the
+        // forwarder task; the forwarder is told first, so it knows the transaction
+        // before any of its outcomes can exist.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let targets = self.leaders.targets();
+        self.metrics.accepted.inc();
+        self.metrics.in_flight.inc();
+        self.metrics.queue_depth.inc();
+        permit.send(Accepted {
+            id,
+            signature: sig,
+            wire: request.tx.wire.clone(),
+            max_retries: request
+                .options
+                .max_retries
+                .or(self.config.default_max_retries),
+            received_at: request.received_at,
+            sent_to: targets.send.len(),
+            connect: targets.connect,
+            slot: targets.slot,
+        });
+        if !targets.send.is_empty() {
+            let batch: Vec<Submission> = targets
+                .send
+                .iter()
+                .map(|&target| Submission {
+                    id: id * ATTEMPTS,
+                    payload: request.tx.wire.clone(),
+                    target,
+                })
+                .collect();
+            if let Err((e, refused)) = self.engine.submit_batch(batch) {
+                let now = Instant::now();
+                for s in refused {
+                    let refusal = Outcome {
+                        id: s.id,
+                        target: s.target,
+                        kind: OutcomeKind::Dropped(e.reason),
+                    };
+                    let _ = self.outcomes.send((refusal, now));
+                }
+            }
+            self.metrics
+                .accept_to_engine
+                .observe(request.received_at.elapsed().as_secs_f64());
         }
+        Ok(sig_text)
     }
 
     fn verify_signatures(&self) -> bool {
@@ -385,7 +435,6 @@ pub struct Forwarder {
     /// When each tracked transaction is next due (send or retire), in time order.
     schedule: BTreeSet<(Instant, u64)>,
     first: HashMap<u64, FirstAttempt>,
-    next_id: u64,
     warm: Vec<SocketAddr>,
 }
 
@@ -397,19 +446,27 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
+/// Engine outcomes with the time they were reported.
+pub type OutcomeSender = mpsc::UnboundedSender<(Outcome, Instant)>;
+/// The forwarder's end of [`OutcomeSender`].
+pub type OutcomeReceiver = mpsc::UnboundedReceiver<(Outcome, Instant)>;
+
 /// An outcome sink that hands engine outcomes to the forwarder, stamped with the
 /// time the engine reported them (the engine reports a send after the pass that
 /// handed its frames to the packet path).
 pub fn outcome_channel() -> (
     impl FnMut(Outcome) + Send + 'static,
-    mpsc::UnboundedReceiver<(Outcome, Instant)>,
+    OutcomeSender,
+    OutcomeReceiver,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let sink_tx = tx.clone();
     (
         move |o: Outcome| {
             // The receiver lives as long as the forwarder, which outlives the engine.
-            let _ = tx.send((o, Instant::now()));
+            let _ = sink_tx.send((o, Instant::now()));
         },
+        tx,
         rx,
     )
 }
@@ -435,7 +492,6 @@ impl Forwarder {
             tracked: HashMap::new(),
             schedule: BTreeSet::new(),
             first: HashMap::new(),
-            next_id: 0,
             warm: Vec::new(),
         }
     }
@@ -480,39 +536,32 @@ impl Forwarder {
         self.finish(deadline).await;
     }
 
+    /// Registers a transaction whose first send the request handler already made.
     fn accept(&mut self, a: Accepted) {
         self.metrics.queue_depth.dec();
-        if self.tracked.len() >= self.config.max_tracked {
-            // Still sent once below; just not rebroadcast.
-            tracing::debug!("retry set full; sending once without rebroadcast");
-        }
-        let id = self.next_id;
-        self.next_id += 1;
         let now = Instant::now();
-        let targets = self.leaders.targets();
-        self.prewarm(&targets.connect);
-        let expires = match targets.slot {
+        self.prewarm(&a.connect);
+        let expires = match a.slot {
             Some(s) => Expiry::Slot(s + self.config.expiry_slots),
             None => Expiry::At(now + self.config.slot_duration * self.config.expiry_slots as u32),
         };
-        let n = self.submit(id, 0, &a.wire, &targets.send);
+        let id = a.id;
         self.first.insert(
             id,
             FirstAttempt {
-                pending: n,
+                pending: a.sent_to,
                 sent: false,
                 last_drop: None,
                 received_at: a.received_at,
             },
         );
-        if n == 0 {
+        if a.sent_to == 0 {
+            self.metrics.sends.with_label_values(&["no_leader"]).inc();
             self.first_outcome(id, Err("no_leader"));
-        } else {
-            self.metrics
-                .accept_to_engine
-                .observe(a.received_at.elapsed().as_secs_f64());
         }
-        if self.tracked.len() < self.config.max_tracked && a.max_retries != Some(0) {
+        if self.tracked.len() >= self.config.max_tracked {
+            tracing::debug!("retry set full; sent once without rebroadcast");
+        } else if a.max_retries != Some(0) {
             let next_send = now + self.config.retry_interval;
             self.schedule.insert((next_send, id));
             self.tracked.insert(
