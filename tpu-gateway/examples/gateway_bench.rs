@@ -4,10 +4,10 @@
 //!   `sendTransaction` bodies (base64, skipPreflight), one per line, for wrk;
 //! - `noop <listen>`: an axum server whose `POST /` answers a constant JSON-RPC
 //!   result: the framework's own ceiling, the reference for ingress throughput;
-//! - `serve <listen>`: agave's TPU server and the gateway in this process (static
+//! - `serve <listen> <verify_signatures 0|1>`: agave's TPU server and the gateway in this process (static
 //!   leader, staked identity); prints `ready`, runs until stdin closes, then prints
 //!   the gateway's accounting;
-//! - `latency <rate> <count> <busy_poll 0|1>`: the same, plus a paced client in this
+//! - `latency <rate> <count> <busy_poll 0|1> <verify_signatures 0|1>`: the same, plus a paced client in this
 //!   process: `count` requests at `rate` per second, one connection; prints
 //!   request -> frame handed to the packet path (the gateway's own measurement) and
 //!   request -> agave server receipt (p50/p99/p999, µs).
@@ -37,13 +37,16 @@ fn main() -> Result<()> {
     match args.get(1).map(String::as_str) {
         Some("prepare") if args.len() == 4 => prepare(&args[2], args[3].parse()?),
         Some("noop") if args.len() == 3 => runtime().block_on(noop(args[2].parse()?)),
-        Some("serve") if args.len() == 3 => runtime().block_on(serve(&args[2])),
-        Some("latency") if args.len() == 5 => {
-            runtime().block_on(latency(args[2].parse()?, args[3].parse()?, args[4] == "1"))
-        }
+        Some("serve") if args.len() == 4 => runtime().block_on(serve(&args[2], args[3] == "1")),
+        Some("latency") if args.len() == 6 => runtime().block_on(latency(
+            args[2].parse()?,
+            args[3].parse()?,
+            args[4] == "1",
+            args[5] == "1",
+        )),
         _ => bail!(
             "usage: gateway_bench prepare <file> <n> | noop <listen> | serve <listen> \
-             | latency <rate> <count> <busy_poll 0|1>"
+             | latency <rate> <count> <busy_poll 0|1> <verify_signatures 0|1>"
         ),
     }
 }
@@ -107,7 +110,7 @@ struct Rig {
     _dir: std::path::PathBuf,
 }
 
-async fn rig(listen: &str, busy_poll: bool) -> Result<Rig> {
+async fn rig(listen: &str, busy_poll: bool, verify: bool) -> Result<Rig> {
     let dir = std::env::temp_dir().join(format!("gateway-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let identity = Keypair::new();
@@ -118,7 +121,7 @@ async fn rig(listen: &str, busy_poll: bool) -> Result<Rig> {
         support::AgaveServer::start("127.0.0.1:0".parse()?, &[(identity.pubkey(), 1_000_000)]);
     let text = format!(
         "identity = \"{}\"\n[rpc]\nlisten = \"{listen}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [cluster]\nstatic_leaders = [\"{}\"]\n[validation]\npreflight = \"refuse\"\n\
+         [cluster]\nstatic_leaders = [\"{}\"]\n[validation]\npreflight = \"refuse\"\nverify_signatures = {verify}\n\
          [packet_path]\nbind = \"127.0.0.1:0\"\n[limits]\nqueue = 100000\n[retry]\ndefault_max_retries = 0\n\
          [engine]\nbusy_poll = {busy_poll}\nbusy_poll_idle_ms = 1000\n[log]\nlevel = \"warn\"\n",
         id.display(),
@@ -133,8 +136,8 @@ async fn rig(listen: &str, busy_poll: bool) -> Result<Rig> {
     })
 }
 
-async fn serve(listen: &str) -> Result<()> {
-    let rig = rig(listen, false).await?;
+async fn serve(listen: &str, verify: bool) -> Result<()> {
+    let rig = rig(listen, false, verify).await?;
     println!("ready {}", rig.gateway.rpc_addr);
     std::io::stdout().flush()?;
     tokio::task::spawn_blocking(|| {
@@ -158,8 +161,8 @@ fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64) {
     (at(0.5), at(0.99), at(0.999))
 }
 
-async fn latency(rate: f64, count: usize, busy_poll: bool) -> Result<()> {
-    let rig = rig("127.0.0.1:0", busy_poll).await?;
+async fn latency(rate: f64, count: usize, busy_poll: bool, verify: bool) -> Result<()> {
+    let rig = rig("127.0.0.1:0", busy_poll, verify).await?;
     let url = format!("http://{}/", rig.gateway.rpc_addr);
     let client = reqwest::Client::new();
     let prepared = bodies(count + 100);
@@ -201,15 +204,25 @@ async fn latency(rate: f64, count: usize, busy_poll: bool) -> Result<()> {
             e2e.push(d.at.saturating_duration_since(sent_at[i]).as_secs_f64() * 1e6);
         }
     }
-    let wire = rig.gateway.service.take_latency_samples();
-    let (w50, w99, w999) = percentiles(wire.iter().map(|d| d.as_secs_f64() * 1e6).collect());
+    let samples = rig.gateway.service.take_latency_samples();
+    let us = |f: &dyn Fn(&tpu_gateway::service::LatencySample) -> Duration| {
+        percentiles(samples.iter().map(|s| f(s).as_secs_f64() * 1e6).collect())
+    };
+    let (w50, w99, w999) = us(&|s| s.wire);
+    let (v50, v99, _) = us(&|s| s.validated);
+    let (h50, h99, _) = us(&|s| s.submitted.saturating_sub(s.validated));
+    let (g50, g99, _) = us(&|s| s.wire.saturating_sub(s.submitted));
     let (e50, e99, e999) = percentiles(e2e.clone());
     println!(
-        "latency rate {rate:.0}/s count {count} busy_poll {busy_poll}: request->wire p50 {w50:.1} p99 {w99:.1} \
+        "latency rate {rate:.0}/s count {count} busy_poll {busy_poll} verify_signatures {verify}: request->wire p50 {w50:.1} p99 {w99:.1} \
          p999 {w999:.1} us ({} samples); request->agave receipt p50 {e50:.1} p99 {e99:.1} p999 {e999:.1} us \
          ({} delivered)",
-        wire.len(),
+        samples.len(),
         e2e.len()
+    );
+    println!(
+        "  stages p50/p99 us: read->validated {v50:.1}/{v99:.1}, validated->submitted {h50:.1}/{h99:.1}, \
+         submitted->wire (engine wake, QUIC, packet path) {g50:.1}/{g99:.1}"
     );
     rig.gateway.shutdown().await;
     Ok(())

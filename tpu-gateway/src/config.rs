@@ -58,7 +58,7 @@ pub struct MetricsSection {
 }
 
 /// `[cluster]`
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
     /// RPC endpoints, in order of preference (failover).
@@ -198,12 +198,7 @@ impl Default for Config {
             shutdown_deadline_ms: 5_000,
             rpc: RpcSection::default(),
             metrics: MetricsSection::default(),
-            cluster: ClusterSection {
-                rpc_timeout_ms: 5_000,
-                slot_duration_ms: 400,
-                stale_after_secs: 30,
-                ..ClusterSection::default()
-            },
+            cluster: ClusterSection::default(),
             fanout: FanoutSection::default(),
             retry: RetrySection::default(),
             limits: LimitsSection::default(),
@@ -211,6 +206,22 @@ impl Default for Config {
             packet_path: PacketPathSection::default(),
             engine: EngineSection::default(),
             log: LogSection::default(),
+        }
+    }
+}
+
+// Field defaults live in each section's `Default`: serde fills a section that is
+// present but incomplete from it (a derived, all-zero default once made a
+// `[cluster]` section without `slot_duration_ms` spin at 0 ms).
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            rpc_urls: Vec::new(),
+            websocket_urls: Vec::new(),
+            rpc_timeout_ms: 5_000,
+            static_leaders: Vec::new(),
+            slot_duration_ms: 400,
+            stale_after_secs: 30,
         }
     }
 }
@@ -370,6 +381,17 @@ impl Config {
         if self.fanout.send == 0 {
             bail!("fanout.send must be at least 1");
         }
+        for (key, v) in [
+            ("cluster.slot_duration_ms", self.cluster.slot_duration_ms),
+            ("cluster.rpc_timeout_ms", self.cluster.rpc_timeout_ms),
+            ("cluster.stale_after_secs", self.cluster.stale_after_secs),
+            ("retry.interval_ms", self.retry.interval_ms),
+            ("retry.status_interval_ms", self.retry.status_interval_ms),
+        ] {
+            if v == 0 {
+                bail!("{key} must be at least 1");
+            }
+        }
         if self.limits.queue == 0 || self.limits.max_tracked == 0 {
             bail!("limits.queue and limits.max_tracked must be at least 1");
         }
@@ -393,6 +415,39 @@ mod tests {
 
     fn base() -> &'static str {
         "[cluster]\nrpc_urls = [\"http://127.0.0.1:8899\"]\n"
+    }
+
+    /// A section that is present keeps the defaults of the keys it leaves out.
+    #[test]
+    fn partial_sections_keep_the_other_defaults() {
+        let c = Config::from_toml(base(), []).unwrap();
+        let expected = Config {
+            cluster: ClusterSection {
+                rpc_urls: vec!["http://127.0.0.1:8899".into()],
+                ..ClusterSection::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(c, expected);
+        assert_eq!(c.cluster.slot_duration_ms, 400);
+        assert_eq!(c.cluster.rpc_timeout_ms, 5_000);
+        assert_eq!(c.cluster.stale_after_secs, 30);
+        let every_section_empty = "[cluster]\nrpc_urls = [\"http://127.0.0.1:8899\"]\n\
+            [rpc]\n[metrics]\n[fanout]\n[retry]\n[limits]\n[validation]\n[packet_path]\n[engine]\n[log]\n";
+        assert_eq!(
+            Config::from_toml(every_section_empty, []).unwrap(),
+            expected
+        );
+    }
+
+    #[test]
+    fn zero_durations_are_refused_by_name() {
+        let text = format!("{}slot_duration_ms = 0\n", base());
+        let e = Config::from_toml(&text, []).unwrap_err();
+        assert!(e.to_string().contains("cluster.slot_duration_ms"), "{e}");
+        let text = format!("{}[retry]\ninterval_ms = 0\n", base());
+        let e = Config::from_toml(&text, []).unwrap_err();
+        assert!(e.to_string().contains("retry.interval_ms"), "{e}");
     }
 
     #[test]

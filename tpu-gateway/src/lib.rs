@@ -30,7 +30,6 @@ use std::{
 use afterburner_xdp::{AnyIo, EngineConfig, EngineHandle, Identity, PacketPath, xdp::XdpConfig};
 use anyhow::{Context, Result};
 use leader_schedule::{Failover, Fanout, LeaderTracker, TrackerConfig, TrackerStats};
-use prometheus::core::Collector as _;
 use solana_client::nonblocking::rpc_client::RpcClient;
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -255,16 +254,7 @@ impl Gateway {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
         let m = self.service.metrics();
-        let dropped: u64 = m
-            .dropped
-            .collect()
-            .iter()
-            .flat_map(|f| {
-                f.get_metric()
-                    .iter()
-                    .map(|x| x.get_counter().get_value() as u64)
-            })
-            .sum();
+        let dropped = m.dropped_total();
         tracing::info!(
             accepted = m.accepted.get(),
             sent = m.sent.get(),
@@ -272,5 +262,21 @@ impl Gateway {
             in_flight = m.in_flight.get(),
             "final accounting"
         );
+    }
+}
+
+/// Installs the `tracing` subscriber the configuration asks for (`[log]`); `RUST_LOG`
+/// overrides the level. Colours only on a terminal: journald and log files get
+/// plain text.
+pub fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
+    match config.log.format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.init(),
     }
 }

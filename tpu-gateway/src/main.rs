@@ -5,10 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use tpu_gateway::{
-    Gateway,
-    config::{Config, LogFormat},
-};
+use tpu_gateway::{Gateway, config::Config};
 
 /// Afterburner's transaction gateway.
 #[derive(Debug, Parser)]
@@ -53,7 +50,7 @@ fn main() -> Result<()> {
         println!("configuration ok");
         return Ok(());
     }
-    init_logging(&config);
+    tpu_gateway::init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("tpu-gateway")
@@ -78,18 +75,4 @@ async fn wait_for_signal() -> Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
-}
-
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    // Colours only on a terminal: journald and log files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }

@@ -80,6 +80,19 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Transactions dropped, all reasons together.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped
+            .collect()
+            .iter()
+            .flat_map(|f| {
+                f.get_metric()
+                    .iter()
+                    .map(|m| m.get_counter().get_value() as u64)
+            })
+            .sum()
+    }
+
     /// Registers everything, plus `afterburner_build_info`.
     ///
     /// # Errors

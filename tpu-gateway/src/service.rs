@@ -110,7 +110,7 @@ pub struct Service {
     preflight: Preflight,
     accepting: AtomicBool,
     path_up: Arc<AtomicBool>,
-    samples: Arc<Mutex<Vec<Duration>>>,
+    samples: Arc<Mutex<Samples>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -149,19 +149,35 @@ impl Service {
                 preflight,
                 accepting: AtomicBool::new(true),
                 path_up,
-                samples: Arc::new(Mutex::new(Vec::new())),
+                samples: Arc::new(Mutex::new(Samples::default())),
             }),
             rx,
         )
     }
 
-    /// The raw request -> wire latencies kept so far (see
-    /// [`ServiceConfig::latency_samples`]), emptied.
-    pub fn take_latency_samples(&self) -> Vec<Duration> {
-        self.samples
-            .lock()
-            .map(|mut s| std::mem::take(&mut *s))
-            .unwrap_or_default()
+    /// The per-stage latencies kept so far (see [`ServiceConfig::latency_samples`]),
+    /// for transactions whose first frame reached the packet path; emptied.
+    pub fn take_latency_samples(&self) -> Vec<LatencySample> {
+        let Ok(mut s) = self.samples.lock() else {
+            return Vec::new();
+        };
+        let s = std::mem::take(&mut *s);
+        let handled: HashMap<u64, (Duration, Duration)> = s
+            .handled
+            .into_iter()
+            .map(|(id, v, sub)| (id, (v, sub)))
+            .collect();
+        s.wire
+            .into_iter()
+            .filter_map(|(id, wire)| {
+                let &(validated, submitted) = handled.get(&id)?;
+                Some(LatencySample {
+                    validated,
+                    submitted,
+                    wire,
+                })
+            })
+            .collect()
     }
 
     /// Stops accepting (shutdown): new sends get -32005.
@@ -235,6 +251,7 @@ pub fn reject_reason(e: &RpcError) -> &'static str {
 
 impl rpc::Sender for Service {
     fn send(&self, request: SendRequest) -> Result<String, RpcError> {
+        let validated = request.received_at.elapsed();
         let sig = request.tx.signature;
         let sig_text = sig.to_string();
         if !self.accepting.load(Ordering::SeqCst) {
@@ -327,9 +344,16 @@ impl rpc::Sender for Service {
                     let _ = self.outcomes.send((refusal, now));
                 }
             }
+            let submitted = request.received_at.elapsed();
             self.metrics
                 .accept_to_engine
-                .observe(request.received_at.elapsed().as_secs_f64());
+                .observe(submitted.as_secs_f64());
+            if self.config.latency_samples > 0
+                && let Ok(mut s) = self.samples.lock()
+                && s.handled.len() < self.config.latency_samples
+            {
+                s.handled.push((id, validated, submitted));
+            }
         }
         Ok(sig_text)
     }
@@ -391,6 +415,27 @@ fn internal(what: &str) -> RpcError {
     }
 }
 
+/// Where one transaction's first send spent its time, each measured from the moment
+/// its HTTP request had been read (benchmarks; see [`ServiceConfig::latency_samples`]).
+#[derive(Clone, Copy, Debug)]
+pub struct LatencySample {
+    /// Decoded, deserialized, sanitized and signatures verified.
+    pub validated: Duration,
+    /// Handed to the engine's queue (dedup, accounting, targets done).
+    pub submitted: Duration,
+    /// The engine wrote it into a QUIC packet that went to the packet path.
+    pub wire: Duration,
+}
+
+/// Raw per-stage samples, joined by transaction id when taken.
+#[derive(Debug, Default)]
+struct Samples {
+    /// (id, validated, submitted), recorded by the request handler.
+    handled: Vec<(u64, Duration, Duration)>,
+    /// (id, wire), recorded by the forwarder.
+    wire: Vec<(u64, Duration)>,
+}
+
 /// A transaction in the retry set.
 #[derive(Debug)]
 struct Tracked {
@@ -426,7 +471,7 @@ pub struct Forwarder {
     queue: mpsc::Receiver<Accepted>,
     outcomes: mpsc::UnboundedReceiver<(Outcome, Instant)>,
     engine: Option<EngineHandle>,
-    samples: Arc<Mutex<Vec<Duration>>>,
+    samples: Arc<Mutex<Samples>>,
     leaders: Arc<dyn LeaderSource>,
     metrics: Metrics,
     config: ServiceConfig,
@@ -435,6 +480,10 @@ pub struct Forwarder {
     /// When each tracked transaction is next due (send or retire), in time order.
     schedule: BTreeSet<(Instant, u64)>,
     first: HashMap<u64, FirstAttempt>,
+    /// First-attempt outcomes that arrived before their transaction's `Accepted`
+    /// (two channels: the forwarder may see the engine's report first). Applied by
+    /// `accept`; bounded by the sends in flight between the two.
+    early: HashMap<u64, Vec<(Outcome, Instant)>>,
     warm: Vec<SocketAddr>,
 }
 
@@ -492,6 +541,7 @@ impl Forwarder {
             tracked: HashMap::new(),
             schedule: BTreeSet::new(),
             first: HashMap::new(),
+            early: HashMap::new(),
             warm: Vec::new(),
         }
     }
@@ -558,6 +608,9 @@ impl Forwarder {
         if a.sent_to == 0 {
             self.metrics.sends.with_label_values(&["no_leader"]).inc();
             self.first_outcome(id, Err("no_leader"));
+        }
+        for (o, at) in self.early.remove(&id).unwrap_or_default() {
+            self.outcome(o, at);
         }
         if self.tracked.len() >= self.config.max_tracked {
             tracing::debug!("retry set full; sent once without rebroadcast");
@@ -632,12 +685,18 @@ impl Forwarder {
     }
 
     fn outcome(&mut self, o: Outcome, at: Instant) {
+        let (id, attempt) = (o.id / ATTEMPTS, o.id % ATTEMPTS);
+        // Every first-attempt outcome belongs to a transaction in `first` (its
+        // entry goes only once all of them are in), unless it overtook its Accepted.
+        if attempt == 0 && !self.first.contains_key(&id) {
+            self.early.entry(id).or_default().push((o, at));
+            return;
+        }
         let label = match o.kind {
             OutcomeKind::Sent => "sent",
             OutcomeKind::Dropped(r) => r.label(),
         };
         self.metrics.sends.with_label_values(&[label]).inc();
-        let (id, attempt) = (o.id / ATTEMPTS, o.id % ATTEMPTS);
         if attempt == 0 {
             // The first frame of a transaction on the wire: request -> wire latency.
             if let (OutcomeKind::Sent, Some(f)) = (o.kind, self.first.get(&id))
@@ -647,9 +706,9 @@ impl Forwarder {
                 self.metrics.request_to_wire.observe(d.as_secs_f64());
                 if self.config.latency_samples > 0
                     && let Ok(mut s) = self.samples.lock()
-                    && s.len() < self.config.latency_samples
+                    && s.wire.len() < self.config.latency_samples
                 {
-                    s.push(d);
+                    s.wire.push((id, d));
                 }
             }
             let result = match o.kind {

@@ -4,9 +4,13 @@
 //!    `sendTransaction` bodies to the gateway (in-process with agave's TPU server as
 //!    its static leader), and the same way to an axum no-op handler on the same box:
 //!    requests/s side by side, and the ratio.
-//! 2. Latency at half the measured maximum rate, with busy polling: request ->
-//!    frame handed to the packet path (the gateway's own per-transaction
-//!    measurement) and request -> agave server receipt; p50/p99/p999.
+//!    The gateway runs twice: with signature verification (the default) and
+//!    without (`verify_signatures = false`), since one ed25519 verification costs
+//!    more than the whole no-op request on these machines.
+//! 2. Latency at half the measured maximum rate, with and without busy polling,
+//!    with and without verification: request -> frame handed to the packet path
+//!    (the gateway's own per-transaction measurement, split into stages) and
+//!    request -> agave server receipt; p50/p99/p999.
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -96,16 +100,17 @@ pub(crate) fn bench_gateway(args: &[String]) -> Result<()> {
         "ingress: wrk -t2 -c32 -d{secs}s, distinct signed transfers (base64, skipPreflight); {rounds} rounds"
     );
     println!(
-        "{:<6} {:>14} {:>14} {:>7}",
-        "round", "noop req/s", "gateway req/s", "ratio"
+        "{:<6} {:>12} {:>16} {:>6} {:>16} {:>6}",
+        "round", "noop req/s", "gateway req/s", "ratio", "no-verify req/s", "ratio"
     );
     let mut ratios = Vec::new();
+    let mut ratios_nv = Vec::new();
     let mut gateway_rates = Vec::new();
     for round in 0..rounds {
         // Enough distinct bodies that none repeats (no duplicate shortcuts).
         let bodies = dir.join(format!("bodies-{round}.txt"));
         let mut prep = Command::new(&bin);
-        prep.arg("prepare").arg(&bodies).arg("400000");
+        prep.arg("prepare").arg(&bodies).arg("600000");
         run(prep)?;
         let mut noop_cmd = Command::new(&bin);
         noop_cmd.args(["noop", "127.0.0.1:18991"]);
@@ -113,41 +118,58 @@ pub(crate) fn bench_gateway(args: &[String]) -> Result<()> {
         noop.expect("ready", Duration::from_secs(10))?;
         let noop_rate = wrk("http://127.0.0.1:18991/", &script, &bodies, secs)?;
         drop(noop);
-        let mut gw_cmd = Command::new(&bin);
-        gw_cmd.args(["serve", "127.0.0.1:18992"]);
-        let mut gw = Peer::spawn("gateway", gw_cmd)?;
-        gw.expect("ready", Duration::from_secs(30))?;
-        let gw_rate = wrk("http://127.0.0.1:18992/", &script, &bodies, secs)?;
-        gw.close_stdin();
-        let report = gw.expect("accepted", Duration::from_secs(30))?;
-        let accepted: u64 = field(&report, 1)?;
-        let duplicates: u64 = field(&report, 3)?;
-        let delivered: u64 = field(&report, 5)?;
-        if std::env::var_os("BENCH_VERBOSE").is_some() {
-            eprintln!("gateway: accepted {accepted} duplicates {duplicates} delivered {delivered}");
+        let mut rates = [0.0; 2];
+        for (verify, rate) in ["1", "0"].iter().zip(rates.iter_mut()) {
+            let mut gw_cmd = Command::new(&bin);
+            gw_cmd.args(["serve", "127.0.0.1:18992", verify]);
+            let mut gw = Peer::spawn("gateway", gw_cmd)?;
+            gw.expect("ready", Duration::from_secs(30))?;
+            *rate = wrk("http://127.0.0.1:18992/", &script, &bodies, secs)?;
+            gw.close_stdin();
+            let report = gw.expect("accepted", Duration::from_secs(30))?;
+            let accepted: u64 = field(&report, 1)?;
+            let duplicates: u64 = field(&report, 3)?;
+            let delivered: u64 = field(&report, 5)?;
+            if std::env::var_os("BENCH_VERBOSE").is_some() {
+                eprintln!(
+                    "gateway (verify {verify}): accepted {accepted} duplicates {duplicates} delivered {delivered}"
+                );
+            }
         }
+        let [gw_rate, nv_rate] = rates;
         println!(
-            "{:<6} {:>14.0} {:>14.0} {:>7.2}",
+            "{:<6} {:>12.0} {:>16.0} {:>6.2} {:>16.0} {:>6.2}",
             round + 1,
             noop_rate,
             gw_rate,
-            gw_rate / noop_rate
+            gw_rate / noop_rate,
+            nv_rate,
+            nv_rate / noop_rate
         );
         ratios.push(gw_rate / noop_rate);
+        ratios_nv.push(nv_rate / noop_rate);
         gateway_rates.push(gw_rate);
         let _ = std::fs::remove_file(&bodies);
     }
     let max = median(gateway_rates);
     println!(
-        "median ratio gateway/noop: {:.2} (gateway median {max:.0} req/s)",
-        median(ratios)
+        "median ratio gateway/noop: {:.2} (gateway median {max:.0} req/s); \
+         with verify_signatures = false: {:.2}",
+        median(ratios),
+        median(ratios_nv)
     );
 
     let rate = (max / 2.0).max(100.0);
     let count = ((rate * 5.0) as usize).clamp(1_000, 20_000);
-    for busy in ["1", "0"] {
+    for (busy, verify) in [("1", "1"), ("0", "1"), ("1", "0"), ("0", "0")] {
         let out = Command::new(&bin)
-            .args(["latency", &format!("{rate:.0}"), &count.to_string(), busy])
+            .args([
+                "latency",
+                &format!("{rate:.0}"),
+                &count.to_string(),
+                busy,
+                verify,
+            ])
             .output()
             .context("latency run")?;
         let text = String::from_utf8_lossy(&out.stdout);

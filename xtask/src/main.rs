@@ -33,10 +33,16 @@ fn main() -> Result<()> {
         Some("netns") => netns_cmd(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("bench-gateway") => gateway_bench::bench_gateway(&args[1..]),
+        Some("run") => local(&args[..]),
+        Some("local") => local(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
+                 run                           local mode: a local validator and the gateway in front\n    \
+                                               of it (Ctrl-C stops); see the README\n  \
+                 local send [--print]          a transfer through the local gateway, until it lands\n    \
+                                               (--print: only print it, base64, for curl)\n  \
                  bench [--txs N] [--pairs P]   engine vs tpu-client-next against agave's TPU server\n  \
                  bench-xdp [--txs N] [--pairs P] [--raw N]\n    \
                                                raw AF_XDP vs engine over AF_XDP vs engine over UDP vs\n    \
@@ -212,6 +218,26 @@ fn netns_cmd(args: &[String]) -> Result<()> {
         }
         _ => bail!("usage: cargo xtask netns up [--queues N] | down"),
     }
+}
+
+/// `afterburner-local <args>` (local mode; built like the tests, so a tested tree
+/// starts at once). It runs the `tpu-gateway` binary from the same target directory,
+/// so that is built first.
+fn local(args: &[String]) -> Result<()> {
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--quiet",
+        "-p",
+        "tpu-gateway",
+        "--bin",
+        "tpu-gateway",
+    ]);
+    run(build)?;
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet", "-p", "afterburner-local", "--"])
+        .args(args);
+    run(cmd)
 }
 
 /// The XDP object check, formatting, lints, then every test. Extra arguments go to

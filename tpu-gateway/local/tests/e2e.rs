@@ -1,0 +1,490 @@
+//! Transactions land: the `tpu-gateway` binary (kernel UDP path, its own process)
+//! against a real, in-process agave validator (`solana-test-validator`: real RPC,
+//! websocket, leader schedule and TPU QUIC). The gateway tracks the validator as its
+//! leader through RPC; nothing is static. One validator for the whole binary (it
+//! burns about a core), so the scenarios run as phases of one test, in this order:
+//!
+//! 1. a gateway started before the validator is alive but not ready while RPC is
+//!    down, and ready once the validator is up;
+//! 2. through it (an unstaked identity), one transfer sent with solana-client's
+//!    `RpcClient` lands (confirmed, balance moved); the gateway sees it landed and
+//!    stops rebroadcasting it;
+//! 3. preflight forwarded to the validator's RPC: a good transaction passes and
+//!    lands, one that cannot pay gets agave's -32002 and is not accepted;
+//! 4. a second gateway presenting the validator's own identity (staked, as in
+//!    production) takes 1,000 distinct transfers: all land exactly once (balances
+//!    add up), nothing dropped, the accounting invariant holds; landing time
+//!    p50/p99 (ms and slots) is printed;
+//! 5. a third gateway, with a 10-slot expiry window, takes a transaction whose
+//!    blockhash the cluster does not know (as an expired one): rebroadcast, then
+//!    retired as "expired" after the window, then no more rebroadcasts;
+//! 6. SIGTERM: each gateway exits 0.
+//!
+//! The gateway binary comes from the same target directory (`cargo test
+//! --workspace` builds it; `AFTERBURNER_GATEWAY_BIN` overrides).
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failure should stop it loudly"
+)]
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use afterburner_local::{Counts, GatewayProcess, gateway_config, http_status, new_keypair_file};
+use solana_client::{
+    client_error::ClientErrorKind, nonblocking::rpc_client::RpcClient,
+    rpc_config::RpcSendTransactionConfig, rpc_request::RpcError,
+};
+use solana_commitment_config::CommitmentConfig;
+use solana_sdk::{
+    hash::Hash, pubkey::Pubkey, signature::Keypair, signature::Signature, signer::Signer,
+    transaction::Transaction,
+};
+use solana_system_interface::instruction as system_instruction;
+use solana_test_validator::TestValidatorGenesis;
+
+/// Below the kernel's ephemeral ports; the validator binds a slice of this range.
+const PORT_RANGE: (u16, u16) = (22_000, 22_500);
+/// The validator's RPC port (websocket: the next one), outside `PORT_RANGE` so the
+/// gateway can be pointed at it before the validator exists.
+const RPC_PORT: u16 = 21_980;
+
+const TRANSFERS: usize = 1_000;
+const RETRY_INTERVAL_MS: u64 = 500;
+const EXPIRY_SLOTS: u64 = 10;
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A gateway process named `name` (its files in `dir/name`), listening on `port`
+/// (JSON-RPC) and `port + 1` (metrics), presenting `identity` (a new, unstaked key
+/// when `None`), with `extra` configuration.
+fn start_gateway(
+    dir: &TempDir,
+    name: &str,
+    port: u16,
+    identity: Option<PathBuf>,
+    extra: &str,
+) -> GatewayProcess {
+    let dir = dir.0.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let identity = identity.unwrap_or_else(|| {
+        let p = dir.join("identity.json");
+        new_keypair_file(&p).unwrap();
+        p
+    });
+    let rpc = SocketAddr::from(([127, 0, 0, 1], port));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], port + 1));
+    let extra = format!(
+        "[limits]\nqueue = 4096\n[packet_path]\nbind = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n{extra}"
+    );
+    let config = gateway_config(
+        &identity,
+        rpc,
+        metrics,
+        &format!("http://127.0.0.1:{RPC_PORT}"),
+        &format!("ws://127.0.0.1:{}", RPC_PORT + 1),
+        &extra,
+    );
+    GatewayProcess::spawn(&dir, &config, rpc, metrics, &[]).unwrap()
+}
+
+async fn wait_ready(gateway: &GatewayProcess, timeout: Duration) {
+    let url = format!("{}/ready", gateway.url());
+    wait_until("a gateway to become ready", timeout, || {
+        let url = url.clone();
+        async move { http_status(&url).await == Some(200) }
+    })
+    .await;
+}
+
+/// The dropped series with their reasons, for failure messages.
+async fn drops(metrics: SocketAddr) -> String {
+    afterburner_local::scrape(metrics)
+        .await
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("afterburner_transactions_dropped_total{") && !l.ends_with(" 0"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn counts(metrics: SocketAddr) -> Counts {
+    Counts::scrape(metrics).await.unwrap()
+}
+
+/// `accepted = sent + dropped` once nothing is in flight (waits up to 10 s for that).
+async fn assert_accounted(metrics: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut c = counts(metrics).await;
+    while c.in_flight > 0.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c = counts(metrics).await;
+    }
+    assert_eq!(c.in_flight, 0.0, "{c:?}");
+    assert_eq!(c.accepted, c.sent + c.dropped, "{c:?}");
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn transfer(payer: &Keypair, to: &Pubkey, lamports: u64, blockhash: Hash) -> Transaction {
+    let ix = system_instruction::transfer(&payer.pubkey(), to, lamports);
+    Transaction::new_signed_with_payer(&[ix], Some(&payer.pubkey()), &[payer], blockhash)
+}
+
+fn skip_preflight() -> RpcSendTransactionConfig {
+    RpcSendTransactionConfig {
+        skip_preflight: true,
+        ..Default::default()
+    }
+}
+
+/// Those of `sigs` the validator reports confirmed: when we saw it, and its slot.
+async fn confirmed_among(
+    validator: &RpcClient,
+    sigs: &[Signature],
+) -> Vec<(Signature, (Instant, u64))> {
+    let mut out = Vec::new();
+    for chunk in sigs.chunks(256) {
+        let statuses = validator.get_signature_statuses(chunk).await.unwrap().value;
+        let now = Instant::now();
+        for (sig, status) in chunk.iter().zip(statuses) {
+            if let Some(s) = status
+                && s.satisfies_commitment(CommitmentConfig::confirmed())
+            {
+                assert!(s.err.is_none(), "{sig} failed on chain: {:?}", s.err);
+                out.push((*sig, (now, s.slot)));
+            }
+        }
+    }
+    out
+}
+
+/// Polls the validator until every signature is confirmed (or `timeout`).
+async fn wait_confirmed(
+    validator: &RpcClient,
+    sigs: &[Signature],
+    timeout: Duration,
+) -> HashMap<Signature, (Instant, u64)> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = HashMap::new();
+    while seen.len() < sigs.len() && Instant::now() < deadline {
+        let pending: Vec<Signature> = sigs
+            .iter()
+            .filter(|s| !seen.contains_key(*s))
+            .copied()
+            .collect();
+        seen.extend(confirmed_among(validator, &pending).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_land_on_a_real_validator() {
+    let dir = TempDir(std::env::temp_dir().join(format!("afterburner-e2e-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+
+    // Phase 1: the gateway first, RPC down: alive, but not ready.
+    let retry = format!(
+        "[retry]\ninterval_ms = {RETRY_INTERVAL_MS}\nstatus_interval_ms = 200\n\
+         [validation]\npreflight = \"forward\"\n"
+    );
+    let first = start_gateway(&dir, "first", 21_970, None, &retry);
+    let m = first.metrics;
+    let gw_url = first.url();
+    wait_until("the gateway to listen", Duration::from_secs(30), || {
+        let url = format!("{gw_url}/health");
+        async move { http_status(&url).await == Some(200) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        http_status(&format!("{gw_url}/ready")).await,
+        Some(503),
+        "ready without a validator"
+    );
+
+    let started = Instant::now();
+    let ledger = dir.0.join("ledger");
+    let (validator, payer) = TestValidatorGenesis::default()
+        .ledger_path(&ledger)
+        .port_range(PORT_RANGE)
+        .rpc_port(RPC_PORT)
+        .start_async()
+        .await;
+    assert_eq!(validator.rpc_url(), format!("http://127.0.0.1:{RPC_PORT}"));
+    wait_ready(&first, Duration::from_secs(60)).await;
+    println!(
+        "gateway ready {:.1} s after the validator was started",
+        started.elapsed().as_secs_f64()
+    );
+    let chain = validator.get_async_rpc_client();
+    let via_gateway = RpcClient::new(gw_url.clone());
+
+    // Phase 2: one transfer, through solana-client's RpcClient pointed at us.
+    let to = Pubkey::new_unique();
+    let blockhash = chain.get_latest_blockhash().await.unwrap();
+    let tx = transfer(&payer, &to, 5_000_000, blockhash);
+    let sig = via_gateway
+        .send_transaction_with_config(&tx, skip_preflight())
+        .await
+        .unwrap();
+    assert_eq!(sig, tx.signatures[0]);
+    let seen = wait_confirmed(&chain, &[sig], Duration::from_secs(30)).await;
+    assert!(seen.contains_key(&sig), "the transfer did not land");
+    assert_eq!(chain.get_balance(&to).await.unwrap(), 5_000_000);
+    wait_until(
+        "the gateway to see it landed",
+        Duration::from_secs(10),
+        || async move { counts(m).await.landed >= 1.0 },
+    )
+    .await;
+    let c = counts(m).await;
+    assert_eq!(c.tracked, 0.0, "landed: no longer tracked");
+    tokio::time::sleep(Duration::from_millis(RETRY_INTERVAL_MS * 4)).await;
+    assert_eq!(counts(m).await.sends, c.sends, "rebroadcast after landing");
+
+    // Phase 3: preflight forwarded to the validator's own RPC (the client asks for
+    // finalized preflight: a finalized blockhash, so the simulation knows it).
+    let (blockhash, _) = chain
+        .get_latest_blockhash_with_commitment(CommitmentConfig::finalized())
+        .await
+        .unwrap();
+    let good = transfer(&payer, &to, 1_000_000, blockhash);
+    let sig = via_gateway.send_transaction(&good).await.unwrap();
+    let poor = Keypair::new();
+    let bad = transfer(&poor, &to, 1_000_000, blockhash);
+    let accepted_before = counts(m).await.accepted;
+    let err = via_gateway.send_transaction(&bad).await.unwrap_err();
+    match err.kind() {
+        ClientErrorKind::RpcError(RpcError::RpcResponseError { code, message, .. }) => {
+            assert_eq!(*code, -32002, "{message}");
+            assert!(
+                message.starts_with("Transaction simulation failed: "),
+                "{message}"
+            );
+        }
+        other => panic!("expected agave's preflight failure, got {other:?}"),
+    }
+    assert_eq!(
+        counts(m).await.accepted,
+        accepted_before,
+        "a failed preflight is not accepted"
+    );
+    let seen = wait_confirmed(&chain, &[sig], Duration::from_secs(30)).await;
+    assert!(
+        seen.contains_key(&sig),
+        "the preflighted transfer did not land"
+    );
+    assert_eq!(chain.get_balance(&to).await.unwrap(), 6_000_000);
+    wait_until(
+        "the first gateway to retire both",
+        Duration::from_secs(10),
+        || async move { counts(m).await.tracked == 0.0 },
+    )
+    .await;
+    assert_accounted(m).await;
+    assert_eq!(counts(m).await.landed, 2.0);
+    first.terminate(Duration::from_secs(10)).unwrap();
+
+    // Phase 4: 1,000 distinct transfers to one recipient, 8 senders at a time,
+    // through a gateway with the validator's identity and the default retry policy.
+    let staked = start_gateway(
+        &dir,
+        "staked",
+        21_972,
+        Some(ledger.join("validator-keypair.json")),
+        "[retry]\nstatus_interval_ms = 200\n",
+    );
+    wait_ready(&staked, Duration::from_secs(30)).await;
+    let m = staked.metrics;
+    let gw_url = staked.url();
+    let to = Pubkey::new_unique();
+    let payer = Arc::new(payer);
+    let balance_before = chain.get_balance(&payer.pubkey()).await.unwrap();
+    let blockhash = chain.get_latest_blockhash().await.unwrap();
+    let txs: Vec<Transaction> = (0..TRANSFERS as u64)
+        .map(|i| transfer(&payer, &to, 1_000_000 + i, blockhash))
+        .collect();
+    let expected: u64 = (0..TRANSFERS as u64).map(|i| 1_000_000 + i).sum();
+    // Confirmations are polled while the transfers are still being posted, so
+    // each one's landing time is its own.
+    let posted: Arc<std::sync::Mutex<Vec<Signature>>> = Arc::default();
+    let poller = {
+        let posted = posted.clone();
+        let chain = validator.get_async_rpc_client();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(150);
+            let mut seen: HashMap<Signature, (Instant, u64)> = HashMap::new();
+            while seen.len() < TRANSFERS && Instant::now() < deadline {
+                let pending: Vec<Signature> = posted
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|s| !seen.contains_key(*s))
+                    .copied()
+                    .collect();
+                seen.extend(confirmed_among(&chain, &pending).await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            seen
+        })
+    };
+    let mut sent: Vec<(Signature, Instant, u64)> = Vec::with_capacity(TRANSFERS);
+    let t0 = Instant::now();
+    for chunk in txs.chunks(8) {
+        let slot = chain.get_slot().await.unwrap();
+        let mut set = tokio::task::JoinSet::new();
+        for tx in chunk {
+            let client = RpcClient::new(gw_url.clone());
+            let tx = tx.clone();
+            set.spawn(async move {
+                let at = Instant::now();
+                let sig = client
+                    .send_transaction_with_config(&tx, skip_preflight())
+                    .await
+                    .unwrap();
+                assert_eq!(sig, tx.signatures[0]);
+                (sig, at)
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            let (sig, at) = r.unwrap();
+            posted.lock().unwrap().push(sig);
+            sent.push((sig, at, slot));
+        }
+    }
+    let posting = t0.elapsed();
+    let seen = poller.await.unwrap();
+    assert_eq!(
+        seen.len(),
+        TRANSFERS,
+        "{} of {TRANSFERS} landed; {:?}; dropped: {}",
+        seen.len(),
+        counts(m).await,
+        drops(m).await
+    );
+    assert_eq!(
+        chain.get_balance(&to).await.unwrap(),
+        expected,
+        "the recipient got each transfer exactly once"
+    );
+    let fees = 5_000 * TRANSFERS as u64;
+    assert_eq!(
+        chain.get_balance(&payer.pubkey()).await.unwrap(),
+        balance_before - expected - fees,
+        "the payer paid each transfer and fee exactly once"
+    );
+    let mut ms: Vec<f64> = sent
+        .iter()
+        .map(|(sig, at, _)| seen[sig].0.duration_since(*at).as_secs_f64() * 1e3)
+        .collect();
+    let mut slots: Vec<f64> = sent
+        .iter()
+        .map(|(sig, _, slot)| seen[sig].1.saturating_sub(*slot) as f64)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    slots.sort_by(f64::total_cmp);
+    println!(
+        "{TRANSFERS} transfers posted in {:.2} s; confirmed (polled every 50 ms) after: \
+         p50 {:.0} ms / {} slots, p99 {:.0} ms / {} slots, max {:.0} ms",
+        posting.as_secs_f64(),
+        percentile(&ms, 0.5),
+        percentile(&slots, 0.5),
+        percentile(&ms, 0.99),
+        percentile(&slots, 0.99),
+        ms[ms.len() - 1],
+    );
+    wait_until(
+        "the gateway to retire all as landed",
+        Duration::from_secs(20),
+        || async move { counts(m).await.tracked == 0.0 },
+    )
+    .await;
+    let c = counts(m).await;
+    println!("staked gateway after the 1,000: {c:?}");
+    assert_eq!(c.landed, TRANSFERS as f64, "{c:?}");
+    assert_eq!(c.dropped, 0.0, "{c:?}; {}", drops(m).await);
+    assert_accounted(m).await;
+    staked.terminate(Duration::from_secs(10)).unwrap();
+
+    // Phase 5: a blockhash the cluster does not know, as if long expired.
+    let short = start_gateway(
+        &dir,
+        "short-expiry",
+        21_974,
+        None,
+        &format!("[retry]\ninterval_ms = {RETRY_INTERVAL_MS}\nexpiry_slots = {EXPIRY_SLOTS}\n"),
+    );
+    wait_ready(&short, Duration::from_secs(30)).await;
+    let m = short.metrics;
+    let stale = transfer(&payer, &to, 1, Hash::new_unique());
+    let sig = RpcClient::new(short.url())
+        .send_transaction_with_config(&stale, skip_preflight())
+        .await
+        .unwrap();
+    let accepted_at = Instant::now();
+    let slot_at = chain.get_slot().await.unwrap();
+    wait_until(
+        "the stale transaction to be retired as expired",
+        Duration::from_secs(60),
+        || async move { counts(m).await.expired == 1.0 },
+    )
+    .await;
+    let expired_after = accepted_at.elapsed();
+    let slots_after = chain.get_slot().await.unwrap().saturating_sub(slot_at);
+    let c = counts(m).await;
+    println!(
+        "unknown blockhash retired as expired after {:.1} s, {slots_after} slots (window \
+         {EXPIRY_SLOTS}), {} rebroadcasts",
+        expired_after.as_secs_f64(),
+        c.retries
+    );
+    assert!(
+        slots_after + 1 >= EXPIRY_SLOTS,
+        "retired {slots_after} slots after acceptance, before its {EXPIRY_SLOTS}-slot window"
+    );
+    assert!(c.retries >= 1.0, "never rebroadcast: {c:?}");
+    tokio::time::sleep(Duration::from_millis(RETRY_INTERVAL_MS * 4)).await;
+    assert_eq!(
+        counts(m).await.retries,
+        c.retries,
+        "rebroadcast after expiry"
+    );
+    assert!(
+        chain.get_signature_statuses(&[sig]).await.unwrap().value[0].is_none(),
+        "an unknown blockhash landed"
+    );
+    assert_eq!(c.tracked, 0.0, "{c:?}");
+    assert_accounted(m).await;
+
+    // Phase 6 (the others were stopped above): SIGTERM, exit 0.
+    short.terminate(Duration::from_secs(10)).unwrap();
+    drop(validator);
+}
