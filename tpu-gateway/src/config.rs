@@ -35,6 +35,8 @@ pub struct Config {
     pub packet_path: PacketPathSection,
     /// QUIC engine.
     pub engine: EngineSection,
+    /// Several gateways sharing one identity.
+    pub fleet: FleetSection,
     /// Logging.
     pub log: LogSection,
 }
@@ -171,6 +173,34 @@ pub struct EngineSection {
     pub busy_poll_idle_ms: u64,
 }
 
+/// `[fleet]`: gateways that present the same identity share agave's per-identity
+/// connection cap; each keeps one connection per leader, so
+/// `instances + reserved_connections <= peer_connection_cap` (checked at start).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSection {
+    /// Gateways presenting this identity, this one included.
+    pub instances: usize,
+    /// Connections a leader accepts per identity (agave 3.1: 8).
+    pub peer_connection_cap: usize,
+    /// Connections per leader left to others using the identity (the validator's
+    /// own forwarding or clients).
+    pub reserved_connections: usize,
+}
+
+/// Connections one gateway keeps to each leader.
+pub const CONNECTIONS_PER_LEADER: usize = 1;
+
+impl Default for FleetSection {
+    fn default() -> Self {
+        Self {
+            instances: 1,
+            peer_connection_cap: 8,
+            reserved_connections: 1,
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -205,6 +235,7 @@ impl Default for Config {
             validation: ValidationSection::default(),
             packet_path: PacketPathSection::default(),
             engine: EngineSection::default(),
+            fleet: FleetSection::default(),
             log: LogSection::default(),
         }
     }
@@ -392,6 +423,18 @@ impl Config {
                 bail!("{key} must be at least 1");
             }
         }
+        let f = &self.fleet;
+        let needed = f.instances * CONNECTIONS_PER_LEADER + f.reserved_connections;
+        if f.instances == 0 || needed > f.peer_connection_cap {
+            bail!(
+                "fleet: {} instances x {CONNECTIONS_PER_LEADER} connection per leader + {} reserved = {needed} \
+                 connections per leader for this identity, over fleet.peer_connection_cap = {} \
+                 (leaders refuse the excess): run fewer instances per identity",
+                f.instances,
+                f.reserved_connections,
+                f.peer_connection_cap
+            );
+        }
         if self.limits.queue == 0 || self.limits.max_tracked == 0 {
             bail!("limits.queue and limits.max_tracked must be at least 1");
         }
@@ -448,6 +491,18 @@ mod tests {
         let text = format!("{}[retry]\ninterval_ms = 0\n", base());
         let e = Config::from_toml(&text, []).unwrap_err();
         assert!(e.to_string().contains("retry.interval_ms"), "{e}");
+    }
+
+    #[test]
+    fn a_fleet_must_fit_the_per_identity_connection_cap() {
+        let ok = format!("{}[fleet]\ninstances = 7\n", base());
+        assert_eq!(Config::from_toml(&ok, []).unwrap().fleet.instances, 7);
+        let over = format!("{}[fleet]\ninstances = 8\n", base());
+        let e = Config::from_toml(&over, []).unwrap_err().to_string();
+        assert!(
+            e.contains("8 instances x 1 connection per leader + 1 reserved = 9"),
+            "{e}"
+        );
     }
 
     #[test]

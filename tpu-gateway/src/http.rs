@@ -202,8 +202,8 @@ async fn ready(State(service): State<Arc<Service>>) -> Response {
 }
 
 async fn metrics(State(service): State<Arc<Service>>) -> Response {
+    service.update_gauges();
     let m = service.metrics();
-    m.ready.set(i64::from(service.ready().is_ok()));
     let families = m.registry.gather();
     let mut out = Vec::new();
     match prometheus::TextEncoder::new().encode(&families, &mut out) {

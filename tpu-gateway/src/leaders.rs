@@ -25,6 +25,8 @@ pub trait LeaderSource: Send + Sync + 'static {
     fn ready(&self) -> Result<(), String>;
     /// The current slot, when known.
     fn current_slot(&self) -> Option<u64>;
+    /// How old the leader schedule is (`None`: none yet; static leaders: zero).
+    fn schedule_age(&self) -> Option<Duration>;
 }
 
 /// A fixed list of TPU QUIC addresses.
@@ -48,6 +50,9 @@ impl LeaderSource for StaticLeaders {
     }
     fn current_slot(&self) -> Option<u64> {
         None
+    }
+    fn schedule_age(&self) -> Option<Duration> {
+        Some(Duration::ZERO)
     }
 }
 
@@ -84,5 +89,8 @@ impl LeaderSource for TrackedLeaders {
     }
     fn current_slot(&self) -> Option<u64> {
         self.handle.current_slot()
+    }
+    fn schedule_age(&self) -> Option<Duration> {
+        self.handle.schedule_age()
     }
 }

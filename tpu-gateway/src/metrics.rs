@@ -75,8 +75,10 @@ pub struct Metrics {
     pub landing: Histogram,
     /// 1 when ready.
     pub ready: IntGauge,
-    /// The tracker's current slot.
+    /// The tracker's current slot (set at scrape time).
     pub current_slot: IntGauge,
+    /// Seconds since the leader schedule was fetched (set at scrape time).
+    pub schedule_age: prometheus::Gauge,
 }
 
 impl Metrics {
@@ -177,6 +179,10 @@ impl Metrics {
             )?,
             ready: IntGauge::new("afterburner_ready", "1 when ready to send")?,
             current_slot: IntGauge::new("afterburner_current_slot", "The estimated current slot")?,
+            schedule_age: prometheus::Gauge::new(
+                "afterburner_leader_schedule_age_seconds",
+                "Seconds since the leader schedule was last fetched (+Inf before the first; 0 with static leaders)",
+            )?,
             registry,
         };
         let build = IntGaugeVec::new(
@@ -202,6 +208,7 @@ impl Metrics {
             Box::new(m.landing.clone()),
             Box::new(m.ready.clone()),
             Box::new(m.current_slot.clone()),
+            Box::new(m.schedule_age.clone()),
             Box::new(build),
         ] {
             m.registry.register(c)?;

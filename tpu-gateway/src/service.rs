@@ -196,6 +196,21 @@ impl Service {
         self.leaders.ready()
     }
 
+    /// Sets the gauges that are read rather than counted (scrape time): ready, the
+    /// current slot, the schedule's age.
+    pub fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.ready.set(i64::from(self.ready().is_ok()));
+        if let Some(slot) = self.leaders.current_slot() {
+            m.current_slot.set(i64::try_from(slot).unwrap_or(i64::MAX));
+        }
+        m.schedule_age.set(
+            self.leaders
+                .schedule_age()
+                .map_or(f64::INFINITY, |d| d.as_secs_f64()),
+        );
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

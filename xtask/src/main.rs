@@ -5,8 +5,10 @@
 //!   in turn, each in its own process, sending the same pre-signed transactions.
 //!   Prints delivered tx/s and client CPU µs per delivered transaction for each run,
 //!   the medians, and the ratios (ours / theirs, median over the pairs).
-//! - `test`: `cargo fmt --check`, clippy with warnings denied (all but leader-schedule's
-//!   validator-backed test targets), then every test (what CI runs).
+//! - `test`: the XDP object check, `cargo fmt --check`, then every test, built with
+//!   clippy-driver denying warnings on all our crates and targets (what CI runs).
+//! - `run`, `local <args>`: local mode (`afterburner-local`): a local validator and
+//!   the `tpu-gateway` binary in front of it; `local send` posts a transfer.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -247,36 +249,43 @@ fn test(extra: &[String]) -> Result<()> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run(fmt)?;
-    // Lints everywhere, except leader-schedule's test targets: their in-process
-    // validator pulls rocksdb, whose C++ a check build would compile a second time
-    // (the test build below compiles it once); that would double a cold CI run.
-    let mut clippy = cargo();
-    clippy.args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--exclude",
-        "leader-schedule",
-        "--",
-        "-D",
-        "warnings",
-    ]);
-    run(clippy)?;
-    let mut clippy = cargo();
-    clippy.args([
-        "clippy",
-        "-p",
-        "leader-schedule",
-        "--lib",
-        "--",
-        "-D",
-        "warnings",
-    ]);
-    run(clippy)?;
+    // Lints: clippy-driver compiles our own crates (RUSTC_WORKSPACE_WRAPPER, which is
+    // how `cargo clippy` runs it) in the test build itself, with warnings denied.
+    // A separate `cargo clippy` would check-build every dependency a second time,
+    // including the test validator's rocksdb C++ (about 20 more minutes cold); this
+    // way dependencies are built once, by rustc, and shared.
+    let driver = clippy_driver()?;
+    let lint = |c: &mut std::process::Command| {
+        c.env("RUSTC_WORKSPACE_WRAPPER", &driver).env(
+            "CLIPPY_ARGS",
+            "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__",
+        );
+    };
+    let mut build = cargo();
+    build.args(["test", "--workspace", "--all-targets", "--no-run"]);
+    lint(&mut build);
+    run(build)?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--all-targets"])
         .args(extra);
+    lint(&mut cmd);
     run(cmd)
+}
+
+/// The clippy-driver of the toolchain cargo runs with.
+fn clippy_driver() -> Result<PathBuf> {
+    let out = Command::new("rustup")
+        .args(["which", "clippy-driver"])
+        .current_dir(workspace_root())
+        .output()
+        .context("running rustup which clippy-driver (./x installs clippy)")?;
+    if !out.status.success() {
+        bail!(
+            "clippy-driver not found: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 /// A child process spoken to line by line.

@@ -13,9 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use afterburner_local::{
-    Counts, GatewayProcess, gateway_bin, gateway_config, http_status, new_keypair_file, say,
-};
+use afterburner_local::{Counts, GatewayProcess, gateway_bin, gateway_config, http_status, say};
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use clap::{Parser, Subcommand};
@@ -164,8 +162,8 @@ async fn run(
         validator.rpc_pubsub_url(),
         dir.join("ledger").display()
     ));
-    let identity = dir.join("identity.json");
-    new_keypair_file(&identity)?;
+    // The validator's own identity: staked, as a gateway beside a validator is.
+    let identity = dir.join("ledger").join("validator-keypair.json");
     let config = gateway_config(
         &identity,
         listen,
@@ -176,9 +174,10 @@ async fn run(
     );
     let gateway = GatewayProcess::spawn(dir, &config, listen, metrics_listen, &[])?;
     say(&format!(
-        "gateway    JSON-RPC {}  metrics http://{metrics_listen}/metrics  config {}  ({})",
+        "gateway    JSON-RPC {}  metrics http://{metrics_listen}/metrics  config {}  identity {} (the validator's)  ({})",
         gateway.url(),
         dir.join("tpu-gateway.toml").display(),
+        identity.display(),
         gateway_bin.display()
     ));
     say(&format!(

@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use afterburner_local::{Counts, GatewayProcess, gateway_config, http_status, new_keypair_file};
+use afterburner_local::{Counts, GatewayProcess, gateway_config, http_status};
 use netns::{CLIENT_IF, SERVER_IP, Topology, in_netns, root_or_skip};
 use solana_client::{nonblocking::rpc_client::RpcClient, rpc_config::RpcSendTransactionConfig};
 use solana_commitment_config::CommitmentConfig;
@@ -82,18 +82,26 @@ fn transactions_land_over_af_xdp() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let validator = ValidatorProcess(child);
-    let mut ready = String::new();
-    BufReader::new(stdout).read_line(&mut ready).unwrap();
-    assert!(
-        ready.starts_with("ready "),
-        "validator did not start: {ready:?}"
-    );
+    // Its stdout: progress lines, then "ready ..."; drained to the end so the
+    // validator never writes into a closed pipe.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("ready ") {
+                let _ = ready_tx.send(line);
+            }
+        }
+    });
+    let ready = ready_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the validator did not start within 60 s");
+    println!("validator {ready}");
     let payer = read_keypair_file(dir.0.join("payer.json")).unwrap();
     let rpc_url = format!("http://{SERVER_IP}:{RPC_PORT}");
     let ws_url = format!("ws://{SERVER_IP}:{}", RPC_PORT + 1);
 
-    let identity = dir.0.join("identity.json");
-    new_keypair_file(&identity).unwrap();
+    // The validator's own identity (staked), as beside a real validator.
+    let identity = dir.0.join("ledger").join("validator-keypair.json");
     let (rpc, metrics) = (
         "127.0.0.1:8899".parse().unwrap(),
         "127.0.0.1:9464".parse().unwrap(),
@@ -123,15 +131,14 @@ fn transactions_land_over_af_xdp() {
     let xdp_ns = ns.clone();
     // The test's own clients (HTTP to the gateway's loopback listeners, RPC to the
     // validator across the veth) run in the gateway's namespace.
-    let gateway =
-        in_netns(&ns, move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            let (m, url) = (gateway.metrics, gateway.url());
-            runtime.block_on(async move {
+    let gateway = in_netns(&ns, move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (m, url) = (gateway.metrics, gateway.url());
+        runtime.block_on(async move {
             let ready = format!("{url}/ready");
             let deadline = Instant::now() + Duration::from_secs(60);
             while http_status(&ready).await != Some(200) {
@@ -143,7 +150,8 @@ fn transactions_land_over_af_xdp() {
                 "no XDP program on {CLIENT_IF}"
             );
 
-            let chain = RpcClient::new(rpc_url.clone());
+            let chain =
+                RpcClient::new_with_commitment(rpc_url.clone(), CommitmentConfig::confirmed());
             let via = RpcClient::new(url);
             let to = Pubkey::new_unique();
             let blockhash = chain.get_latest_blockhash().await.unwrap();
@@ -194,7 +202,10 @@ fn transactions_land_over_af_xdp() {
                  ring, {rx_frames} in through the RX ring, {kernel_tx} via the kernel socket"
             );
             assert!(tx_frames >= 3.0, "tx frames {tx_frames}");
-            assert!(rx_frames >= 3.0, "rx frames {rx_frames}: no replies through the RX ring");
+            assert!(
+                rx_frames >= 3.0,
+                "rx frames {rx_frames}: no replies through the RX ring"
+            );
             assert!(kernel_tx <= 5.0, "kernel fallback used {kernel_tx} times");
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
@@ -204,12 +215,15 @@ fn transactions_land_over_af_xdp() {
                     assert_eq!(c.accepted, c.sent + c.dropped, "{c:?}");
                     break;
                 }
-                assert!(Instant::now() < deadline, "the gateway did not see them land: {c:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "the gateway did not see them land: {c:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-            gateway
-        });
+        gateway
+    });
     // SIGTERM: exit 0, and the kernel detaches the program with the process.
     gateway.terminate(Duration::from_secs(10)).unwrap();
     assert!(
