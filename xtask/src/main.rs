@@ -222,24 +222,36 @@ fn netns_cmd(args: &[String]) -> Result<()> {
     }
 }
 
-/// `afterburner-local <args>` (local mode; built like the tests, so a tested tree
-/// starts at once). It runs the `tpu-gateway` binary from the same target directory,
-/// so that is built first.
+/// `afterburner-local <args>` (local mode). Built by the same command, features and
+/// environment as `test` (a tested tree starts at once, and the validator is not
+/// rebuilt with another feature set); it runs the `tpu-gateway` binary built beside it.
 fn local(args: &[String]) -> Result<()> {
     let mut build = cargo();
     build.args([
-        "build",
+        "test",
+        "--workspace",
+        "--all-targets",
+        "--no-run",
         "--quiet",
-        "-p",
-        "tpu-gateway",
-        "--bin",
-        "tpu-gateway",
     ]);
+    lint_env(&mut build)?;
     run(build)?;
-    let mut cmd = cargo();
-    cmd.args(["run", "--quiet", "-p", "afterburner-local", "--"])
-        .args(args);
+    let mut cmd = Command::new(target_dir().join("debug/afterburner-local"));
+    cmd.args(args);
     run(cmd)
+}
+
+/// Builds our crates through clippy-driver with warnings denied
+/// (`RUSTC_WORKSPACE_WRAPPER`, which is how `cargo clippy` runs it), in the test build
+/// itself. A separate `cargo clippy` would check-build every dependency a second
+/// time, including the test validator's rocksdb C++ (about 20 more minutes cold);
+/// this way dependencies are built once, by rustc, and shared.
+fn lint_env(cmd: &mut Command) -> Result<()> {
+    cmd.env("RUSTC_WORKSPACE_WRAPPER", clippy_driver()?).env(
+        "CLIPPY_ARGS",
+        "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__",
+    );
+    Ok(())
 }
 
 /// The XDP object check, formatting, lints, then every test. Extra arguments go to
@@ -249,26 +261,14 @@ fn test(extra: &[String]) -> Result<()> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run(fmt)?;
-    // Lints: clippy-driver compiles our own crates (RUSTC_WORKSPACE_WRAPPER, which is
-    // how `cargo clippy` runs it) in the test build itself, with warnings denied.
-    // A separate `cargo clippy` would check-build every dependency a second time,
-    // including the test validator's rocksdb C++ (about 20 more minutes cold); this
-    // way dependencies are built once, by rustc, and shared.
-    let driver = clippy_driver()?;
-    let lint = |c: &mut std::process::Command| {
-        c.env("RUSTC_WORKSPACE_WRAPPER", &driver).env(
-            "CLIPPY_ARGS",
-            "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__",
-        );
-    };
     let mut build = cargo();
     build.args(["test", "--workspace", "--all-targets", "--no-run"]);
-    lint(&mut build);
+    lint_env(&mut build)?;
     run(build)?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--all-targets"])
         .args(extra);
-    lint(&mut cmd);
+    lint_env(&mut cmd)?;
     run(cmd)
 }
 
