@@ -248,9 +248,11 @@ async fn send(
                 payer_path.display()
             )
         })?;
-    let chain = RpcClient::new(validator.to_string());
-    let blockhash = chain
-        .get_latest_blockhash()
+    let chain =
+        RpcClient::new_with_commitment(validator.to_string(), CommitmentConfig::confirmed());
+    // A finalized blockhash: a preflight simulation (any commitment) knows it.
+    let (blockhash, _) = chain
+        .get_latest_blockhash_with_commitment(CommitmentConfig::finalized())
         .await
         .with_context(|| format!("getLatestBlockhash from the validator at {validator}"))?;
     let to = Pubkey::new_unique();
