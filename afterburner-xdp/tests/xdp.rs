@@ -69,8 +69,11 @@ fn staked_20k_over_af_xdp() {
     eprintln!("xdp stats: {s:?}");
     assert!(s.tx_frames > 3_000, "frames built and sent by us: {s:?}");
     assert!(s.rx_frames > 100, "replies came through the RX ring: {s:?}");
-    // Only the very first datagram(s), before ARP resolved, may take the kernel path.
-    assert!(s.kernel_tx <= 3, "{s:?}");
+    // Only what goes out before ARP resolved may take the kernel path: one missed
+    // lookup, then its 5 ms retry window (the handshake and first streams fit in it
+    // on veth with optimized builds: 8 datagrams seen), a sliver of the whole.
+    assert!(s.neighbour_misses <= 2, "{s:?}");
+    assert!(s.kernel_tx * 100 <= s.tx_frames, "{s:?}");
     assert_eq!(s.rx_malformed, 0, "{s:?}");
 }
 

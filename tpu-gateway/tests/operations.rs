@@ -304,6 +304,16 @@ fn exported(scrape: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// A gateway's `/metrics` text.
+async fn scrape(metrics: SocketAddr) -> String {
+    reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 struct Prometheus(Child);
 
 impl Drop for Prometheus {
@@ -370,12 +380,7 @@ fn xdp_gateway_names() -> BTreeSet<String> {
             let gateway = Gateway::start(Config::from_toml(&text, []).unwrap())
                 .await
                 .unwrap();
-            let scrape = reqwest::get(format!("http://{}/metrics", gateway.metrics_addr))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let scrape = scrape(gateway.metrics_addr).await;
             gateway.shutdown().await;
             exported(&scrape)
         })
@@ -487,13 +492,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_rule_expression() {
     // Two more scrapes, so rates have two samples after the load.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let scrape = reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let mut known = exported(&scrape);
+    let mut known = exported(&scrape(metrics).await);
     known.insert("up".into());
     // The leader tracker's metrics, from a gateway that tracks (its RPC is down here:
     // the names are what matters).
@@ -508,12 +507,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_rule_expression() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let tracking_scrape = reqwest::get(format!("http://{}/metrics", tracking.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let tracking_scrape = scrape(tracking.metrics_addr).await;
     tracking.shutdown().await;
     known.extend(exported(&tracking_scrape));
     let xdp_checked = if unsafe { libc::geteuid() } == 0 {

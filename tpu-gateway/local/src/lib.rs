@@ -243,6 +243,29 @@ impl Counts {
     }
 }
 
+/// A directory under the system temp dir (named by `tag` and the pid), removed on
+/// drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates it.
+    ///
+    /// # Errors
+    /// The directory cannot be created.
+    pub fn new(tag: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("afterburner-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Writes a new keypair to `path`.
 ///
 /// # Errors

@@ -35,7 +35,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use afterburner_local::{Counts, GatewayProcess, gateway_config, http_status, new_keypair_file};
+use afterburner_local::{
+    Counts, GatewayProcess, TempDir, gateway_config, http_status, new_keypair_file,
+};
 use solana_client::{
     client_error::ClientErrorKind, nonblocking::rpc_client::RpcClient,
     rpc_config::RpcSendTransactionConfig, rpc_request::RpcError,
@@ -57,15 +59,6 @@ const RPC_PORT: u16 = 21_980;
 const TRANSFERS: usize = 1_000;
 const RETRY_INTERVAL_MS: u64 = 500;
 const EXPIRY_SLOTS: u64 = 10;
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A gateway process named `name` (its files in `dir/name`), listening on `port`
 /// (JSON-RPC) and `port + 1` (metrics), presenting `identity` (a new, unstaked key
@@ -207,8 +200,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_land_on_a_real_validator() {
-    let dir = TempDir(std::env::temp_dir().join(format!("afterburner-e2e-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = TempDir::new("e2e").unwrap();
 
     // Phase 1: the gateway first, RPC down: alive, but not ready.
     let retry = format!(

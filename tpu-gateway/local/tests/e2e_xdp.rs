@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use afterburner_local::{Counts, GatewayProcess, gateway_config, http_status};
+use afterburner_local::{Counts, GatewayProcess, TempDir, gateway_config, http_status};
 use netns::{CLIENT_IF, SERVER_IP, Topology, in_netns, root_or_skip};
 use solana_client::{nonblocking::rpc_client::RpcClient, rpc_config::RpcSendTransactionConfig};
 use solana_commitment_config::CommitmentConfig;
@@ -28,20 +28,10 @@ use solana_sdk::{
     pubkey::Pubkey, signature::read_keypair_file, signer::Signer, transaction::Transaction,
 };
 use solana_system_interface::instruction as system_instruction;
-use std::path::PathBuf;
 
 const TRANSFERS: u64 = 50;
 const RPC_PORT: u16 = 8899;
 const XDP_PORT: u16 = 12_000;
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The validator process; closing its stdin stops it, and drop makes sure it is gone.
 struct ValidatorProcess(Child);
@@ -67,9 +57,7 @@ fn transactions_land_over_af_xdp() {
         return;
     }
     let topo = Topology::create(1).unwrap();
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("afterburner-e2e-xdp-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = TempDir::new("e2e-xdp").unwrap();
     let mut child = Command::new("ip")
         .args(["netns", "exec", &topo.server_ns])
         .arg(env!("CARGO_BIN_EXE_afterburner-local"))
