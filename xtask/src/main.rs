@@ -61,7 +61,16 @@ fn main() -> Result<()> {
     }
 }
 
+/// The checkout xtask works on: the current directory when it is a workspace root
+/// (`./x` starts there), else where xtask was compiled. Not simply the latter: with
+/// a target directory shared between checkouts, `target/debug/xtask` may have been
+/// built from another one.
 fn workspace_root() -> PathBuf {
+    if let Ok(dir) = std::env::current_dir()
+        && dir.join("xtask/Cargo.toml").is_file()
+    {
+        return dir;
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(PathBuf::from)

@@ -20,8 +20,7 @@ use clap::{Parser, Subcommand};
 use solana_client::nonblocking::rpc_client::RpcClient;
 use solana_commitment_config::CommitmentConfig;
 use solana_sdk::{
-    pubkey::Pubkey,
-    signature::{read_keypair_file, write_keypair_file},
+    signature::{Keypair, read_keypair_file, write_keypair_file},
     signer::Signer,
     transaction::Transaction,
 };
@@ -255,7 +254,9 @@ async fn send(
         .get_latest_blockhash_with_commitment(CommitmentConfig::finalized())
         .await
         .with_context(|| format!("getLatestBlockhash from the validator at {validator}"))?;
-    let to = Pubkey::new_unique();
+    // A fresh random recipient: every send is a distinct transaction (new_unique()
+    // counts from the same start in every process, so two sends would be one).
+    let to = Keypair::new().pubkey();
     let ix = system_instruction::transfer(&payer.pubkey(), &to, lamports);
     let tx = Transaction::new_signed_with_payer(&[ix], Some(&payer.pubkey()), &[&payer], blockhash);
     if print {
