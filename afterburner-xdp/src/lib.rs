@@ -1,33 +1,18 @@
-//! Afterburner's packet core. It hands signed Solana transactions to leaders' TPU
-//! ports over QUIC (ALPN `solana-tpu`), presenting the validator identity as the TLS
-//! client certificate, one transaction per unidirectional stream, exactly as agave's
-//! TPU server expects.
+//! Afterburner's packet I/O: datagrams in and out in batches, through the kernel or
+//! around it. The QUIC engine (`afterburner-quic`) sees only the [`io::PacketIo`]
+//! trait.
 //!
-//! - [`identity`]: the keypair, agave-layout certificate and BoringSSL context.
-//! - [`engine`]: the sans-IO connection manager on cloudflare quiche.
-//! - [`io`], [`udp`], [`batch`]: the batch-oriented packet I/O trait and its kernel
-//!   UDP backend (sendmmsg + UDP GSO).
-//! - [`xdp`]: the AF_XDP backend of the same trait (our own frames, the steering
-//!   XDP program, UMEM and rings), and [`AnyIo`], the configured choice of the two.
-//! - [`driver`]: the engine thread, fed through a bounded queue.
-//! - [`outcome`], [`stats`]: one outcome per submission, and every counter.
+//! - [`batch`], [`io`]: the batch types and the trait.
+//! - [`udp`]: the kernel UDP backend (sendmmsg + UDP GSO, recvmmsg).
+//! - [`xdp`]: the AF_XDP backend: our own Ethernet/IPv4/UDP frames, UMEM and rings,
+//!   next hops from netlink, and the steering XDP program (`afterburner-ebpf`,
+//!   checked in prebuilt) that takes only replies to our own ports.
+//! - [`path`]: [`AnyIo`], the configured choice of the two, with the fallback rule.
 
 pub mod batch;
-pub mod config;
-pub mod driver;
-pub mod engine;
-pub mod identity;
 pub mod io;
-pub mod outcome;
 pub mod path;
-pub mod stats;
 pub mod udp;
 pub mod xdp;
 
-pub use config::EngineConfig;
-pub use driver::{EngineHandle, EngineSubmitter, OutcomeSink, Submission, SubmitError};
-pub use engine::{ConnectionInfo, Engine, EngineError};
-pub use identity::Identity;
-pub use outcome::{DropReason, Outcome, OutcomeKind};
 pub use path::{AnyIo, PacketPath, PathError};
-pub use stats::{EngineStats, EngineStatsSnapshot};

@@ -6,12 +6,15 @@
 //! - [`window`]: leader windows from `getSlotLeaders`, fetched across epoch boundaries.
 //! - [`addresses`]: TPU QUIC addresses from `getClusterNodes`, with overrides.
 //! - [`fanout`]: the answer: distinct leaders to send to and to pre-warm.
-//! - [`source`]: the RPC calls behind a trait; `solana-client` endpoints with failover.
+//! - [`method`], [`source`]: the RPC calls, named; behind a trait; `solana-client`
+//!   endpoints with failover.
 //! - [`tracker`]: the tasks (websocket, polling, refresh) and the lock-free read side.
-//! - [`stats`]: counters for the gateway to export.
+//! - [`stats`]: the tracker's counters, declared with their metric names.
+#![forbid(unsafe_code)]
 
 pub mod addresses;
 pub mod fanout;
+pub mod method;
 pub mod slot;
 pub mod source;
 pub mod stats;
@@ -22,6 +25,7 @@ pub mod window;
 mod tests;
 
 pub use fanout::{Fanout, Leader, Leaders};
-pub use source::{ClientRpc, Failover, Method, RpcError, RpcSource};
-pub use stats::{SlotSource, TrackerStats};
+pub use method::Method;
+pub use source::{ClientRpc, Failover, RpcError, RpcSource};
+pub use stats::{SlotSource, TrackerStats, TrackerStatsSnapshot};
 pub use tracker::{LeaderTracker, TrackerConfig, TrackerHandle};

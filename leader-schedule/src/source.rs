@@ -14,44 +14,7 @@ use solana_client::{nonblocking::rpc_client::RpcClient, rpc_response::RpcContact
 use solana_commitment_config::CommitmentConfig;
 use solana_sdk::{clock::Slot, epoch_schedule::EpochSchedule, pubkey::Pubkey};
 
-use crate::{addresses::MAX_CLUSTER_NODES, stats::TrackerStats};
-
-/// The RPC methods used, for error accounting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Method {
-    /// `getSlot` (processed).
-    GetSlot,
-    /// `getEpochSchedule`.
-    GetEpochSchedule,
-    /// `getSlotLeaders`.
-    GetSlotLeaders,
-    /// `getClusterNodes`.
-    GetClusterNodes,
-}
-
-impl Method {
-    /// Every method, in [`Self::index`] order.
-    pub const ALL: [Method; 4] = [
-        Method::GetSlot,
-        Method::GetEpochSchedule,
-        Method::GetSlotLeaders,
-        Method::GetClusterNodes,
-    ];
-
-    /// The JSON-RPC method name (a metric label).
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::GetSlot => "getSlot",
-            Method::GetEpochSchedule => "getEpochSchedule",
-            Method::GetSlotLeaders => "getSlotLeaders",
-            Method::GetClusterNodes => "getClusterNodes",
-        }
-    }
-
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
-}
+use crate::{addresses::MAX_CLUSTER_NODES, method::Method, stats::TrackerStats};
 
 /// A failed RPC call.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -1,8 +1,10 @@
-//! [`TrackerStats`]: the tracker's counters, for the gateway to export.
+//! [`TrackerStats`]: the tracker's counters, each declared once with its metric name
+//! ([`afterburner_stats::declare_stats!`]); the gateway exports
+//! [`TrackerStatsSnapshot::families`].
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
-use crate::source::Method;
+use crate::method::Method;
 
 /// Where the slot estimate comes from right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,25 +17,28 @@ pub enum SlotSource {
     Polling = 2,
 }
 
-/// Counters and gauges (relaxed atomics; written by the tracker's tasks).
-#[derive(Debug, Default)]
-pub struct TrackerStats {
-    /// Failed RPC calls by [`Method`] (each endpoint attempt counts).
-    pub rpc_errors: [AtomicU64; Method::ALL.len()],
-    /// Slot observations accepted.
-    pub slot_observations: AtomicU64,
-    /// Slot observations rejected as implausibly far ahead.
-    pub slot_observations_rejected: AtomicU64,
-    /// Websocket (re)connections that subscribed successfully.
-    pub websocket_subscriptions: AtomicU64,
-    /// Leader windows fetched.
-    pub schedule_fetches: AtomicU64,
-    /// Cluster node lists fetched.
-    pub cluster_node_fetches: AtomicU64,
-    /// Gauge: distinct leaders in the current window with no known TPU QUIC address.
-    pub leaders_without_address: AtomicU64,
-    /// Gauge: [`SlotSource`] as a number.
-    pub slot_source: AtomicU64,
+afterburner_stats::declare_stats! {
+    /// Counters and gauges (relaxed atomics; written by the tracker's tasks).
+    pub struct TrackerStats, snapshot TrackerStatsSnapshot {
+        /// Slot observations accepted.
+        slot_observations: Counter "afterburner_leader_slot_observations_total",
+        /// Slot observations rejected as implausibly far ahead.
+        slot_observations_rejected: Counter "afterburner_leader_slot_observations_rejected_total",
+        /// Websocket (re)connections that subscribed successfully.
+        websocket_subscriptions: Counter "afterburner_leader_websocket_subscriptions_total",
+        /// Leader windows fetched.
+        schedule_fetches: Counter "afterburner_leader_schedule_fetches_total",
+        /// Cluster node lists fetched.
+        cluster_node_fetches: Counter "afterburner_leader_cluster_node_fetches_total",
+        /// Distinct leaders in the current window with no known TPU QUIC address.
+        leaders_without_address: Gauge "afterburner_leader_without_address",
+        /// Where the slot estimate comes from: 0 nothing yet, 1 websocket, 2 getSlot polling.
+        slot_source: Gauge "afterburner_leader_slot_source",
+    }
+    labelled {
+        /// Failed RPC calls by method (each endpoint attempt counts).
+        rpc_errors["method" in Method::NAMES]: Counter "afterburner_leader_rpc_errors_total",
+    }
 }
 
 impl TrackerStats {

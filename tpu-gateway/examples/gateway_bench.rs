@@ -16,8 +16,7 @@
     reason = "benchmark code: a failure should stop it loudly"
 )]
 
-#[path = "../../afterburner-xdp/tests/support/mod.rs"]
-mod support;
+use afterburner_test_support as support;
 
 use std::{
     io::{BufRead, Write},

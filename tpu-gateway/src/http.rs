@@ -16,8 +16,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::{
-    rpc::{self, RpcError, SendOptions, code},
+    rpc::{self, SendError, SendOptions},
     service::Service,
+    validate::{self, Encoding},
 };
 
 /// The ingress router.
@@ -38,28 +39,10 @@ pub fn metrics_router(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
-/// Counts a JSON-RPC response's results by method.
-struct Counted<'a>(&'a Service);
-
-impl rpc::Sender for Counted<'_> {
-    fn send(&self, request: rpc::SendRequest) -> Result<String, RpcError> {
-        rpc::Sender::send(self.0, request)
-    }
-    fn verify_signatures(&self) -> bool {
-        rpc::Sender::verify_signatures(self.0)
-    }
-    fn health(&self) -> Result<(), String> {
-        self.0.ready()
-    }
-    fn preflight(&self, request: &rpc::SendRequest) -> Result<(), RpcError> {
-        rpc::Sender::preflight(self.0, request)
-    }
-}
-
 async fn json_rpc(State(service): State<Arc<Service>>, body: Bytes) -> Response {
     let received_at = std::time::Instant::now();
-    let response = rpc::handle_body(&body, &Counted(&service), received_at);
-    count_rpc(&service, &body, &response);
+    let response = rpc::handle_body(&body, &*service, received_at);
+    count_rpc(&service, &response.calls);
     let status = if response.too_many {
         StatusCode::TOO_MANY_REQUESTS
     } else {
@@ -71,54 +54,18 @@ async fn json_rpc(State(service): State<Arc<Service>>, body: Bytes) -> Response 
     }
 }
 
-/// Records method/result counters and rejection reasons from a response.
-fn count_rpc(service: &Service, body: &[u8], response: &rpc::Response) {
+/// Counts each call by method and result, and refused sends by reason, from what
+/// the JSON-RPC layer reports (the body is parsed once, there).
+fn count_rpc(service: &Service, calls: &[rpc::CallRecord]) {
     let m = service.metrics();
-    let methods: Vec<String> = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Array(items)) => items.iter().map(method_of).collect(),
-        Ok(v) => vec![method_of(&v)],
-        Err(_) => vec!["invalid".into()],
-    };
-    let results: Vec<&serde_json::Value> = match &response.body {
-        Some(serde_json::Value::Array(items)) => items.iter().collect(),
-        Some(v) => vec![v],
-        None => vec![],
-    };
-    for (method, r) in methods.iter().zip(results) {
-        let result = match r.get("error") {
-            None => "ok".to_string(),
-            Some(e) => {
-                let code = e
-                    .get("code")
-                    .and_then(serde_json::Value::as_i64)
-                    .unwrap_or(0);
-                if method == "sendTransaction" {
-                    let err = RpcError {
-                        code,
-                        message: e
-                            .get("message")
-                            .and_then(|m| m.as_str())
-                            .unwrap_or("")
-                            .into(),
-                        data: None,
-                    };
-                    service.count_reject(&err);
-                }
-                code.to_string()
-            }
-        };
+    for call in calls {
+        let result = call.result_label();
         m.rpc_requests
-            .with_label_values(&[method.as_str(), result.as_str()])
+            .with_label_values(&[call.method.label(), &*result])
             .inc();
-    }
-}
-
-/// The method name, bounded to the ones we know (label cardinality).
-fn method_of(v: &serde_json::Value) -> String {
-    match v.get("method").and_then(|m| m.as_str()) {
-        Some(m @ ("sendTransaction" | "getHealth" | "getVersion")) => m.to_string(),
-        Some(_) => "other".into(),
-        None => "invalid".into(),
+        if let Some(reason) = call.reject {
+            service.count_reject(reason);
+        }
     }
 }
 
@@ -147,24 +94,22 @@ async fn transactions(
         .is_some_and(|v| v.starts_with("application/json"));
     let result = if is_json {
         match serde_json::from_slice::<TxBody>(&body) {
-            Err(e) => Err(RpcError::invalid_params(format!("Invalid params: {e}."))),
-            Ok(b) => {
-                let encoding = b.encoding.as_deref().unwrap_or("base64");
-                crate::validate::Encoding::parse(encoding)
-                    .and_then(|enc| crate::validate::decode(&b.transaction, enc))
-                    .and_then(|wire| {
-                        service.send_wire(
-                            wire,
-                            received_at,
-                            SendOptions {
-                                // No preflight unless asked: this route is for raw senders.
-                                skip_preflight: b.skip_preflight.unwrap_or(true),
-                                max_retries: b.max_retries,
-                                ..SendOptions::default()
-                            },
-                        )
-                    })
-            }
+            Err(e) => Err(SendError::InvalidParams(format!("Invalid params: {e}."))),
+            Ok(b) => Encoding::parse(b.encoding.as_deref().unwrap_or("base64"))
+                .and_then(|enc| validate::decode(&b.transaction, enc))
+                .map_err(SendError::from)
+                .and_then(|wire| {
+                    service.send_wire(
+                        wire,
+                        received_at,
+                        SendOptions {
+                            // No preflight unless asked: this route is for raw senders.
+                            skip_preflight: b.skip_preflight.unwrap_or(true),
+                            max_retries: b.max_retries,
+                            ..SendOptions::default()
+                        },
+                    )
+                }),
         }
     } else {
         service.send_wire(
@@ -179,14 +124,30 @@ async fn transactions(
     match result {
         Ok(signature) => (StatusCode::OK, Json(json!({ "signature": signature }))).into_response(),
         Err(e) => {
-            service.count_reject(&e);
-            let status = match e.code {
-                code::QUEUE_FULL => StatusCode::TOO_MANY_REQUESTS,
-                code::NODE_UNHEALTHY => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            (status, Json(json!({ "error": e.to_json() }))).into_response()
+            service.count_reject(e.reason());
+            (
+                status_of(&e),
+                Json(json!({ "error": e.rpc_error().to_json() })),
+            )
+                .into_response()
         }
+    }
+}
+
+/// The HTTP status of a refusal on the raw route: retry later (429), not now (503),
+/// our failure (500), or the request's (400).
+fn status_of(e: &SendError) -> StatusCode {
+    match e {
+        SendError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+        SendError::NotReady(_) | SendError::PreflightUnavailable(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        SendError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        SendError::InvalidParams(_)
+        | SendError::Invalid(_)
+        | SendError::PreflightRefused
+        | SendError::PreflightFailed { .. }
+        | SendError::MinContextSlotNotReached { .. } => StatusCode::BAD_REQUEST,
     }
 }
 
@@ -209,5 +170,41 @@ async fn metrics(State(service): State<Arc<Service>>) -> Response {
     match prometheus::TextEncoder::new().encode(&families, &mut out) {
         Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], out).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::ValidationError;
+
+    /// The raw route's statuses: what the client can do about each refusal.
+    #[test]
+    fn refusals_map_to_http_statuses() {
+        for (e, status) in [
+            (SendError::QueueFull, StatusCode::TOO_MANY_REQUESTS),
+            (
+                SendError::NotReady("shutting down"),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                SendError::PreflightUnavailable("timeout".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                SendError::Internal("lock"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            (
+                ValidationError::BadSignature.into(),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                SendError::MinContextSlotNotReached { context_slot: 1 },
+                StatusCode::BAD_REQUEST,
+            ),
+        ] {
+            assert_eq!(status_of(&e), status, "{e:?}");
+        }
     }
 }

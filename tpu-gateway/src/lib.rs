@@ -1,7 +1,8 @@
 //! `tpu-gateway`: Afterburner's service. Clients send signed transactions with
 //! agave's `sendTransaction` (JSON-RPC) or `POST /v1/transactions`; each is validated
 //! as agave's RPC would (size, deserialization, sanitizing, signatures), deduplicated,
-//! and sent through the QUIC engine (`afterburner-xdp`, over kernel UDP or AF_XDP) to
+//! and sent through the QUIC engine (`afterburner-quic`, over `afterburner-xdp`'s
+//! kernel UDP or AF_XDP packet I/O) to
 //! the current and upcoming leaders (`leader-schedule`), then rebroadcast until it
 //! lands, runs out of retries or expires. Every accepted transaction is accounted
 //! for in Prometheus metrics.
@@ -10,6 +11,7 @@
 //! - [`rpc`], [`validate`], [`http`]: the ingress.
 //! - [`service`], [`dedup`], [`leaders`]: the send path.
 //! - [`metrics`]: everything exported.
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod dedup;
@@ -27,7 +29,8 @@ use std::{
     time::Duration,
 };
 
-use afterburner_xdp::{AnyIo, EngineConfig, EngineHandle, Identity, PacketPath, xdp::XdpConfig};
+use afterburner_quic::{EngineConfig, EngineHandle, Identity};
+use afterburner_xdp::{AnyIo, PacketPath, xdp::XdpConfig};
 use anyhow::{Context, Result};
 use leader_schedule::{Failover, Fanout, LeaderTracker, TrackerConfig, TrackerStats};
 use solana_client::nonblocking::rpc_client::RpcClient;

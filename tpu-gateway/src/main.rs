@@ -1,5 +1,6 @@
 //! The `tpu-gateway` binary: loads the configuration, starts the gateway, and shuts
 //! it down cleanly on SIGTERM or SIGINT.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

@@ -1,36 +1,27 @@
 //! Prometheus metrics: the gateway's own (registered metrics), and the engine's,
 //! AF_XDP and leader-tracker counters exported at scrape time from their atomics
-//! (a custom collector, so the hot paths keep their plain atomics).
+//! (a custom collector, so the hot paths keep their plain atomics). Those are
+//! declared once, with their names and help, where they are kept
+//! (`afterburner_stats::declare_stats!`); the collector renders every declared
+//! family, so none can be collected without being exported.
 //!
 //! Conventions: one `afterburner_` prefix, counters end in `_total`, durations are
 //! `_seconds` histograms, labels take values from fixed sets.
 
 use std::sync::Arc;
 
-use afterburner_xdp::{
-    DropReason, EngineStats,
-    xdp::{COUNTER_LABELS, XdpStats},
-};
-use leader_schedule::{Method, TrackerStats};
+use afterburner_quic::{DropReason, EngineStats};
+use afterburner_stats::Kind;
+use afterburner_xdp::xdp::XdpStats;
+use leader_schedule::TrackerStats;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     core::{Collector, Desc},
     proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
 };
+use strum::IntoEnumIterator as _;
 
-/// Why a transaction was refused at the door (validation outcome labels).
-pub const REJECT_REASONS: [&str; 10] = [
-    "invalid_params",
-    "encoding",
-    "too_large",
-    "undeserializable",
-    "sanitize",
-    "bad_signature",
-    "preflight",
-    "min_context_slot",
-    "queue_full",
-    "not_ready",
-];
+use crate::rpc::RejectReason;
 
 /// Gateway-level reasons a transaction is dropped (beside the engine's).
 pub const GATEWAY_DROP_REASONS: [&str; 1] = ["no_leader"];
@@ -49,7 +40,7 @@ pub struct Metrics {
     pub accepted: IntCounter,
     /// Duplicates answered without a second send.
     pub duplicates: IntCounter,
-    /// Transactions refused, by reason ([`REJECT_REASONS`]).
+    /// Transactions refused, by reason ([`RejectReason`]).
     pub rejected: IntCounterVec,
     /// Accepted transactions whose first send reached at least one leader.
     pub sent: IntCounter,
@@ -214,8 +205,8 @@ impl Metrics {
             m.registry.register(c)?;
         }
         // Every label value exists from the start, so rates work from the first scrape.
-        for r in REJECT_REASONS {
-            m.rejected.with_label_values(&[r]);
+        for r in RejectReason::iter() {
+            m.rejected.with_label_values(&[r.label()]);
         }
         for r in DropReason::LABELS.iter().chain(GATEWAY_DROP_REASONS.iter()) {
             m.dropped.with_label_values(&[r]);
@@ -260,47 +251,53 @@ struct SourcesCollector {
     desc: Desc,
 }
 
-fn family(
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    samples: Vec<(Vec<(&str, String)>, f64)>,
-) -> MetricFamily {
-    let mut f = MetricFamily::default();
-    f.set_name(name.to_string());
-    f.set_help(help.to_string());
-    f.set_field_type(kind);
-    for (labels, v) in samples {
+/// A Prometheus family from a declared one ([`afterburner_stats::Family`]).
+fn family(f: &afterburner_stats::Family) -> MetricFamily {
+    let mut out = MetricFamily::default();
+    out.set_name(f.name.to_string());
+    out.set_help(f.help.to_string());
+    let kind = match f.kind {
+        Kind::Counter => MetricType::COUNTER,
+        Kind::Gauge => MetricType::GAUGE,
+    };
+    out.set_field_type(kind);
+    for &(value_label, v) in &f.series {
         let mut m = Metric::default();
-        let pairs: Vec<LabelPair> = labels
-            .into_iter()
-            .map(|(k, val)| {
-                let mut p = LabelPair::default();
-                p.set_name(k.to_string());
-                p.set_value(val);
-                p
-            })
-            .collect();
-        m.set_label(pairs);
-        match kind {
-            MetricType::COUNTER => {
+        if let (Some(name), Some(value)) = (f.label, value_label) {
+            let mut p = LabelPair::default();
+            p.set_name(name.to_string());
+            p.set_value(value.to_string());
+            m.set_label(vec![p]);
+        }
+        match f.kind {
+            Kind::Counter => {
                 let mut c = Counter::default();
-                c.set_value(v);
+                c.set_value(v as f64);
                 m.set_counter(c);
             }
-            _ => {
+            Kind::Gauge => {
                 let mut g = Gauge::default();
-                g.set_value(v);
+                g.set_value(v as f64);
                 m.set_gauge(g);
             }
         }
-        f.mut_metric().push(m);
+        out.mut_metric().push(m);
     }
-    f
+    out
 }
 
-fn one(name: &str, help: &str, kind: MetricType, v: u64) -> MetricFamily {
-    family(name, help, kind, vec![(vec![], v as f64)])
+impl SourcesCollector {
+    /// Every declared family of the sources this gateway has, with current values.
+    fn families(&self) -> Vec<afterburner_stats::Family> {
+        let mut out = self.engine.snapshot().families();
+        if let Some(x) = &self.xdp {
+            out.extend(x.snapshot().families());
+        }
+        if let Some(t) = &self.tracker {
+            out.extend(t.snapshot().families());
+        }
+        out
+    }
 }
 
 impl Collector for SourcesCollector {
@@ -309,270 +306,6 @@ impl Collector for SourcesCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        use MetricType::{COUNTER, GAUGE};
-        let e = self.engine.snapshot();
-        let mut out = vec![
-            one(
-                "afterburner_engine_submitted_total",
-                "Transactions handed to the engine",
-                COUNTER,
-                e.submitted,
-            ),
-            one(
-                "afterburner_engine_sent_total",
-                "Transactions written to a stream",
-                COUNTER,
-                e.sent,
-            ),
-            one(
-                "afterburner_engine_stream_credit_waits_total",
-                "Waits for stream credit",
-                COUNTER,
-                e.stream_credit_waits,
-            ),
-            one(
-                "afterburner_engine_connections_opened_total",
-                "Connection attempts",
-                COUNTER,
-                e.connections_opened,
-            ),
-            one(
-                "afterburner_engine_handshakes_completed_total",
-                "Handshakes completed",
-                COUNTER,
-                e.handshakes_completed,
-            ),
-            one(
-                "afterburner_engine_handshake_timeouts_total",
-                "Handshakes timed out",
-                COUNTER,
-                e.handshake_timeouts,
-            ),
-            one(
-                "afterburner_engine_handshake_failures_total",
-                "Handshakes failed",
-                COUNTER,
-                e.handshake_failures,
-            ),
-            one(
-                "afterburner_engine_closed_by_peer_total",
-                "Connections closed by the peer",
-                COUNTER,
-                e.closed_by_peer,
-            ),
-            one(
-                "afterburner_engine_connections_lost_total",
-                "Connections lost",
-                COUNTER,
-                e.connections_lost,
-            ),
-            one(
-                "afterburner_engine_evictions_total",
-                "Connections evicted (LRU)",
-                COUNTER,
-                e.evictions,
-            ),
-            one(
-                "afterburner_engine_backoff_refusals_total",
-                "Attempts refused by backoff",
-                COUNTER,
-                e.backoff_refusals,
-            ),
-            one(
-                "afterburner_engine_active_connections",
-                "Open connections",
-                GAUGE,
-                e.active_connections,
-            ),
-            one(
-                "afterburner_engine_queued",
-                "Transactions queued in connections",
-                GAUGE,
-                e.queued,
-            ),
-            one(
-                "afterburner_engine_packets_sent_total",
-                "Datagrams sent",
-                COUNTER,
-                e.packets_sent,
-            ),
-            one(
-                "afterburner_engine_packets_received_total",
-                "Datagrams received",
-                COUNTER,
-                e.packets_received,
-            ),
-            one(
-                "afterburner_engine_sent_bytes_total",
-                "UDP payload bytes sent",
-                COUNTER,
-                e.bytes_sent,
-            ),
-            one(
-                "afterburner_engine_received_bytes_total",
-                "UDP payload bytes received",
-                COUNTER,
-                e.bytes_received,
-            ),
-            one(
-                "afterburner_engine_send_errors_total",
-                "Send errors",
-                COUNTER,
-                e.send_errors,
-            ),
-            family(
-                "afterburner_engine_dropped_total",
-                "Engine drops by reason",
-                COUNTER,
-                DropReason::LABELS
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| (vec![("reason", (*l).to_string())], e.dropped[i] as f64))
-                    .collect(),
-            ),
-        ];
-        if let Some(x) = &self.xdp {
-            let s = x.snapshot();
-            out.extend([
-                one(
-                    "afterburner_xdp_tx_frames_total",
-                    "Frames put on the TX ring",
-                    COUNTER,
-                    s.tx_frames,
-                ),
-                one(
-                    "afterburner_xdp_rx_frames_total",
-                    "Frames taken off the RX rings",
-                    COUNTER,
-                    s.rx_frames,
-                ),
-                one(
-                    "afterburner_xdp_tx_kicks_total",
-                    "TX kicks",
-                    COUNTER,
-                    s.tx_kicks,
-                ),
-                one(
-                    "afterburner_xdp_kernel_tx_total",
-                    "Datagrams sent through the kernel socket",
-                    COUNTER,
-                    s.kernel_tx,
-                ),
-                one(
-                    "afterburner_xdp_kernel_rx_total",
-                    "Datagrams received on the kernel socket",
-                    COUNTER,
-                    s.kernel_rx,
-                ),
-                one(
-                    "afterburner_xdp_rx_malformed_total",
-                    "Malformed frames received",
-                    COUNTER,
-                    s.rx_malformed,
-                ),
-                one(
-                    "afterburner_xdp_neighbour_misses_total",
-                    "Next hops not yet resolved",
-                    COUNTER,
-                    s.neighbour_misses,
-                ),
-                one(
-                    "afterburner_xdp_rx_dropped_total",
-                    "Kernel: RX drops",
-                    COUNTER,
-                    s.rx_dropped,
-                ),
-                one(
-                    "afterburner_xdp_rx_ring_full_total",
-                    "Kernel: RX ring full",
-                    COUNTER,
-                    s.rx_ring_full,
-                ),
-                one(
-                    "afterburner_xdp_fill_ring_empty_total",
-                    "Kernel: fill ring empty",
-                    COUNTER,
-                    s.fill_ring_empty,
-                ),
-                one(
-                    "afterburner_xdp_tx_ring_empty_total",
-                    "Kernel: TX ring empty",
-                    COUNTER,
-                    s.tx_ring_empty,
-                ),
-                one(
-                    "afterburner_xdp_invalid_descriptors_total",
-                    "Kernel: invalid RX and TX descriptors",
-                    COUNTER,
-                    s.rx_invalid_descs + s.tx_invalid_descs,
-                ),
-                one(
-                    "afterburner_xdp_zero_copy",
-                    "1 when zero-copy",
-                    GAUGE,
-                    s.zero_copy,
-                ),
-                one(
-                    "afterburner_xdp_driver_mode",
-                    "1 when the program runs in the driver",
-                    GAUGE,
-                    s.driver_mode,
-                ),
-                family(
-                    "afterburner_xdp_program_packets_total",
-                    "XDP program verdicts",
-                    COUNTER,
-                    COUNTER_LABELS
-                        .iter()
-                        .enumerate()
-                        .map(|(i, l)| (vec![("verdict", (*l).to_string())], s.program[i] as f64))
-                        .collect(),
-                ),
-            ]);
-        }
-        if let Some(t) = &self.tracker {
-            use std::sync::atomic::Ordering::Relaxed;
-            out.extend([
-                family(
-                    "afterburner_leader_rpc_errors_total",
-                    "Leader tracker RPC errors by method",
-                    COUNTER,
-                    Method::ALL
-                        .iter()
-                        .map(|m| {
-                            (
-                                vec![("method", m.name().to_string())],
-                                t.rpc_errors(*m) as f64,
-                            )
-                        })
-                        .collect(),
-                ),
-                one(
-                    "afterburner_leader_slot_observations_total",
-                    "Slot observations",
-                    COUNTER,
-                    t.slot_observations.load(Relaxed),
-                ),
-                one(
-                    "afterburner_leader_schedule_fetches_total",
-                    "Leader schedule fetches",
-                    COUNTER,
-                    t.schedule_fetches.load(Relaxed),
-                ),
-                one(
-                    "afterburner_leader_cluster_node_fetches_total",
-                    "Cluster node fetches",
-                    COUNTER,
-                    t.cluster_node_fetches.load(Relaxed),
-                ),
-                one(
-                    "afterburner_leader_without_address",
-                    "Upcoming leaders with no known TPU address",
-                    GAUGE,
-                    t.leaders_without_address.load(Relaxed),
-                ),
-            ]);
-        }
-        out
+        self.families().iter().map(family).collect()
     }
 }

@@ -1,13 +1,21 @@
 //! JSON-RPC 2.0 as agave's RPC speaks it (jsonrpc-core): the envelope, batches,
-//! error objects and their codes, and the methods we serve. Parsing is sans-IO; the
-//! service behind `sendTransaction` is the [`Sender`] trait.
+//! error objects and their codes, and the methods we serve. Sans-IO. A body is
+//! parsed once, into typed envelopes; each call's answer comes back with what the
+//! metrics count ([`CallRecord`]), so nothing downstream parses the body or the
+//! response again. The service behind `sendTransaction` is the [`Sender`] trait; its
+//! refusals are [`SendError`], turned into agave's error objects in one place
+//! ([`SendError::rpc_error`]).
 
-use std::time::Instant;
+use std::{borrow::Cow, fmt, time::Instant};
 
-use serde::Deserialize;
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{MapAccess, SeqAccess, Visitor},
+};
 use serde_json::{Value, json};
+use strum::{EnumIter, IntoStaticStr};
 
-use crate::validate::{self, Encoding};
+use crate::validate::{self, Encoding, ValidationError};
 
 /// JSON-RPC error codes (standard ones, and Solana's we use).
 pub mod code {
@@ -23,7 +31,8 @@ pub mod code {
     pub const INTERNAL_ERROR: i64 = -32603;
     /// agave: preflight simulation failed (also: a bad signature with preflight on).
     pub const PREFLIGHT_FAILURE: i64 = -32002;
-    /// agave: node unhealthy (we: no fresh leader schedule).
+    /// agave: node unhealthy (we: `getHealth` without a fresh leader schedule, a
+    /// preflight the RPC could not run, or shutting down).
     pub const NODE_UNHEALTHY: i64 = -32005;
     /// agave: minContextSlot not reached.
     pub const MIN_CONTEXT_SLOT_NOT_REACHED: i64 = -32016;
@@ -31,7 +40,7 @@ pub mod code {
     pub const QUEUE_FULL: i64 = -32090;
 }
 
-/// A JSON-RPC error object.
+/// A JSON-RPC error object: what a client sees.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RpcError {
     /// The code.
@@ -43,32 +52,10 @@ pub struct RpcError {
 }
 
 impl RpcError {
-    /// -32602 with `message` as given.
-    pub fn invalid_params(message: impl Into<String>) -> Self {
-        Self {
-            code: code::INVALID_PARAMS,
-            message: message.into(),
-            data: None,
-        }
-    }
-
-    /// agave's preflight failure: -32002 "Transaction simulation failed: {what}", with
-    /// a simulation-result-shaped `data` whose `err` is `err`.
-    pub fn preflight_failure(what: &str, err: &str) -> Self {
-        Self {
-            code: code::PREFLIGHT_FAILURE,
-            message: format!("Transaction simulation failed: {what}"),
-            data: Some(json!({
-                "err": err, "logs": [], "accounts": null, "unitsConsumed": 0,
-                "returnData": null, "innerInstructions": null,
-            })),
-        }
-    }
-
-    fn plain(code: i64, message: &str) -> Self {
+    fn plain(code: i64, message: impl Into<String>) -> Self {
         Self {
             code,
-            message: message.to_string(),
+            message: message.into(),
             data: None,
         }
     }
@@ -78,6 +65,161 @@ impl RpcError {
         match &self.data {
             Some(d) => json!({"code": self.code, "message": self.message, "data": d}),
             None => json!({"code": self.code, "message": self.message}),
+        }
+    }
+}
+
+/// Why a transaction was refused: the label of `transactions_rejected_total`.
+/// Every value is registered up front (see `Metrics::new`), so the set is this enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, IntoStaticStr, EnumIter)]
+#[strum(serialize_all = "snake_case")]
+pub enum RejectReason {
+    /// Malformed params (or request, for a `sendTransaction` call), or a preflight
+    /// this gateway does not do.
+    InvalidParams,
+    /// Unsupported encoding, or the text is not in its encoding.
+    Encoding,
+    /// Over agave's encoded or decoded size limits.
+    TooLarge,
+    /// bincode refused the bytes.
+    Undeserializable,
+    /// The message is inconsistent or loads an account twice.
+    Sanitize,
+    /// A signature does not verify.
+    BadSignature,
+    /// The forwarded preflight simulation failed.
+    Preflight,
+    /// `minContextSlot` is ahead of our slot.
+    MinContextSlot,
+    /// The send queue is full.
+    QueueFull,
+    /// Not ready: shutting down, preflight RPC unreachable, or our own failure.
+    NotReady,
+}
+
+impl RejectReason {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// Why `sendTransaction` (or `POST /v1/transactions`) refused a transaction.
+/// `Display` is the message clients get; [`SendError::rpc_error`] adds agave's code
+/// and data.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SendError {
+    /// The params are not `[data, options?]` (jsonrpc-core's message), or the raw
+    /// route's JSON body does not parse.
+    #[error("{0}")]
+    InvalidParams(String),
+    /// The transaction failed validation.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// `skipPreflight: false`, and this gateway is configured to refuse it.
+    #[error(
+        "preflight simulation is not available on this gateway (no RPC configured for it); \
+         send with skipPreflight: true"
+    )]
+    PreflightRefused,
+    /// The forwarded simulation failed: its error, and the simulation result.
+    #[error("Transaction simulation failed: {error}")]
+    PreflightFailed {
+        /// The simulation's error, as agave prints it.
+        error: String,
+        /// The simulation result (agave's `data`).
+        simulation: Option<Value>,
+    },
+    /// The forwarded simulation could not be run.
+    #[error("Node is unhealthy: preflight simulation failed: {0}")]
+    PreflightUnavailable(String),
+    /// Not accepting transactions (shutting down).
+    #[error("Node is unhealthy: {0}")]
+    NotReady(&'static str),
+    /// `minContextSlot` is ahead of our current slot.
+    #[error("Minimum context slot has not been reached")]
+    MinContextSlotNotReached {
+        /// Our current slot (agave's `data.contextSlot`).
+        context_slot: u64,
+    },
+    /// The send queue is full (HTTP 429): retry later.
+    #[error("Too many requests: the send queue is full, retry later")]
+    QueueFull,
+    /// Our failure (a poisoned lock).
+    #[error("Internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl SendError {
+    /// agave's JSON-RPC error for this refusal: code, message (`Display`), data.
+    pub fn rpc_error(&self) -> RpcError {
+        let code = match self {
+            Self::InvalidParams(_)
+            | Self::PreflightRefused
+            | Self::Invalid(
+                ValidationError::UnsupportedEncoding(_)
+                | ValidationError::UnknownEncoding(_)
+                | ValidationError::Base58TooLarge(_)
+                | ValidationError::Base64TooLarge(_)
+                | ValidationError::InvalidBase58(_)
+                | ValidationError::InvalidBase64(_)
+                | ValidationError::DecodedTooLarge(_)
+                | ValidationError::Undeserializable(_)
+                | ValidationError::Unsanitary
+                | ValidationError::DuplicateAccount,
+            ) => code::INVALID_PARAMS,
+            // agave reports a bad signature as the failed simulation it runs into.
+            Self::Invalid(ValidationError::BadSignature) | Self::PreflightFailed { .. } => {
+                code::PREFLIGHT_FAILURE
+            }
+            Self::PreflightUnavailable(_) | Self::NotReady(_) => code::NODE_UNHEALTHY,
+            Self::MinContextSlotNotReached { .. } => code::MIN_CONTEXT_SLOT_NOT_REACHED,
+            Self::QueueFull => code::QUEUE_FULL,
+            Self::Internal(_) => code::INTERNAL_ERROR,
+        };
+        let data = match self {
+            // The shape of agave's simulation result, with the error it names.
+            Self::Invalid(ValidationError::BadSignature) => Some(json!({
+                "err": "SignatureFailure", "logs": [], "accounts": null, "unitsConsumed": 0,
+                "returnData": null, "innerInstructions": null,
+            })),
+            Self::PreflightFailed { simulation, .. } => simulation.clone(),
+            Self::MinContextSlotNotReached { context_slot } => {
+                Some(json!({"contextSlot": context_slot}))
+            }
+            _ => None,
+        };
+        RpcError {
+            code,
+            message: self.to_string(),
+            data,
+        }
+    }
+
+    /// The rejection counter's label.
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            Self::InvalidParams(_) | Self::PreflightRefused => RejectReason::InvalidParams,
+            Self::Invalid(v) => match v {
+                ValidationError::UnsupportedEncoding(_)
+                | ValidationError::UnknownEncoding(_)
+                | ValidationError::InvalidBase58(_)
+                | ValidationError::InvalidBase64(_) => RejectReason::Encoding,
+                ValidationError::Base58TooLarge(_)
+                | ValidationError::Base64TooLarge(_)
+                | ValidationError::DecodedTooLarge(_) => RejectReason::TooLarge,
+                ValidationError::Undeserializable(_) => RejectReason::Undeserializable,
+                ValidationError::Unsanitary | ValidationError::DuplicateAccount => {
+                    RejectReason::Sanitize
+                }
+                ValidationError::BadSignature => RejectReason::BadSignature,
+            },
+            Self::PreflightFailed { .. } => RejectReason::Preflight,
+            Self::PreflightUnavailable(_) | Self::NotReady(_) | Self::Internal(_) => {
+                RejectReason::NotReady
+            }
+            Self::MinContextSlotNotReached { .. } => RejectReason::MinContextSlot,
+            Self::QueueFull => RejectReason::QueueFull,
         }
     }
 }
@@ -113,136 +255,36 @@ pub struct SendRequest {
 /// The service behind the methods.
 pub trait Sender: Send + Sync {
     /// Accepts a validated transaction: `Ok(signature)` once it is queued (or was
-    /// already, as a duplicate), or an error for the client.
-    fn send(&self, request: SendRequest) -> Result<String, RpcError>;
+    /// already, as a duplicate), or why not.
+    ///
+    /// # Errors
+    /// The refusal, for the client.
+    fn send(&self, request: SendRequest) -> Result<String, SendError>;
     /// Whether signatures are verified.
     fn verify_signatures(&self) -> bool;
     /// Whether the node is healthy (`getHealth`), or why not.
+    ///
+    /// # Errors
+    /// Why not.
     fn health(&self) -> Result<(), String>;
     /// Preflight check for `skipPreflight: false` (simulation forwarded, or refused).
-    fn preflight(&self, request: &SendRequest) -> Result<(), RpcError>;
+    ///
+    /// # Errors
+    /// The refusal, for the client.
+    fn preflight(&self, request: &SendRequest) -> Result<(), SendError>;
 }
 
-/// A response to send back, with the HTTP status it calls for.
-#[derive(Debug)]
-pub struct Response {
-    /// The JSON body (`None`: nothing to send back, all notifications).
-    pub body: Option<Value>,
-    /// HTTP 429 when a send was refused for a full queue.
-    pub too_many: bool,
-}
-
-/// Handles one HTTP body (read at `received_at`): a request or a batch.
-pub fn handle_body(body: &[u8], sender: &dyn Sender, received_at: Instant) -> Response {
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(_) => {
-            return Response {
-                body: Some(error_response(
-                    Value::Null,
-                    &RpcError::plain(code::PARSE_ERROR, "Parse error"),
-                )),
-                too_many: false,
-            };
-        }
-    };
-    let mut too_many = false;
-    let body = match value {
-        Value::Array(items) if items.is_empty() => Some(error_response(
-            Value::Null,
-            &RpcError::plain(code::INVALID_REQUEST, "Invalid request"),
-        )),
-        Value::Array(items) => {
-            let out: Vec<Value> = items
-                .into_iter()
-                .filter_map(|item| handle_one(item, sender, &mut too_many, received_at))
-                .collect();
-            (!out.is_empty()).then_some(Value::Array(out))
-        }
-        single => handle_one(single, sender, &mut too_many, received_at),
-    };
-    Response { body, too_many }
-}
-
-fn error_response(id: Value, e: &RpcError) -> Value {
-    json!({"jsonrpc": "2.0", "error": e.to_json(), "id": id})
-}
-
-/// One request object; `None` for a notification (no `id`).
-fn handle_one(
-    item: Value,
+/// Validates wire bytes, runs preflight unless skipped, and hands the transaction
+/// to `sender`: the one send path, for `sendTransaction` and the raw route alike.
+///
+/// # Errors
+/// The first refusal.
+pub fn submit(
     sender: &dyn Sender,
-    too_many: &mut bool,
+    wire: Vec<u8>,
+    options: SendOptions,
     received_at: Instant,
-) -> Option<Value> {
-    let Value::Object(mut obj) = item else {
-        return Some(error_response(
-            Value::Null,
-            &RpcError::plain(code::INVALID_REQUEST, "Invalid request"),
-        ));
-    };
-    let id = obj.remove("id");
-    let valid_id = matches!(
-        id,
-        None | Some(Value::Null | Value::Number(_) | Value::String(_))
-    );
-    let method = match obj.remove("method") {
-        Some(Value::String(m)) if obj.get("jsonrpc") == Some(&json!("2.0")) && valid_id => m,
-        _ => {
-            return Some(error_response(
-                id.filter(|_| valid_id).unwrap_or(Value::Null),
-                &RpcError::plain(code::INVALID_REQUEST, "Invalid request"),
-            ));
-        }
-    };
-    let params = obj.remove("params").unwrap_or(Value::Null);
-    let result = call(&method, params, sender, received_at);
-    if let Err(e) = &result
-        && e.code == code::QUEUE_FULL
-    {
-        *too_many = true;
-    }
-    let id = id?;
-    Some(match result {
-        Ok(v) => json!({"jsonrpc": "2.0", "result": v, "id": id}),
-        Err(e) => error_response(id, &e),
-    })
-}
-
-fn call(
-    method: &str,
-    params: Value,
-    sender: &dyn Sender,
-    received_at: Instant,
-) -> Result<Value, RpcError> {
-    match method {
-        "sendTransaction" => send_transaction(params, sender, received_at).map(Value::String),
-        "getHealth" => sender
-            .health()
-            .map(|()| json!("ok"))
-            .map_err(|why| RpcError {
-                code: code::NODE_UNHEALTHY,
-                message: format!("Node is unhealthy: {why}"),
-                data: None,
-            }),
-        "getVersion" => Ok(json!({
-            "solana-core": env!("CARGO_PKG_VERSION"),
-            "feature-set": null,
-            "afterburner": env!("CARGO_PKG_VERSION"),
-        })),
-        _ => Err(RpcError::plain(code::METHOD_NOT_FOUND, "Method not found")),
-    }
-}
-
-/// Parses `sendTransaction` params, validates the transaction and hands it on.
-fn send_transaction(
-    params: Value,
-    sender: &dyn Sender,
-    received_at: Instant,
-) -> Result<String, RpcError> {
-    let (data, options) = parse_send_params(params)?;
-    let encoding = Encoding::parse(options.encoding.as_deref().unwrap_or("base58"))?;
-    let wire = validate::decode(&data, encoding)?;
+) -> Result<String, SendError> {
     let tx = validate::validate(wire, sender.verify_signatures())?;
     let request = SendRequest {
         tx,
@@ -255,13 +297,222 @@ fn send_transaction(
     sender.send(request)
 }
 
+/// The `method` label of `rpc_requests_total`: the methods we serve, `other` for
+/// any other name, `invalid` when there is no method name (label cardinality).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, IntoStaticStr, EnumIter)]
+#[strum(serialize_all = "camelCase")]
+pub enum Method {
+    /// `sendTransaction`.
+    SendTransaction,
+    /// `getHealth`.
+    GetHealth,
+    /// `getVersion`.
+    GetVersion,
+    /// A method we do not serve.
+    Other,
+    /// Not a request, or no method name.
+    Invalid,
+}
+
+impl Method {
+    fn named(name: &str) -> Self {
+        match name {
+            "sendTransaction" => Self::SendTransaction,
+            "getHealth" => Self::GetHealth,
+            "getVersion" => Self::GetVersion,
+            _ => Self::Other,
+        }
+    }
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// What one call in a body was and how it ended: the metrics' labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallRecord {
+    /// The method.
+    pub method: Method,
+    /// The error code, `None` for a result.
+    pub error_code: Option<i64>,
+    /// Why a `sendTransaction` call was refused.
+    pub reject: Option<RejectReason>,
+}
+
+impl CallRecord {
+    /// The `result` label: `ok` or the error code.
+    pub fn result_label(&self) -> Cow<'static, str> {
+        match self.error_code {
+            None => Cow::Borrowed("ok"),
+            Some(code) => Cow::Owned(code.to_string()),
+        }
+    }
+}
+
+/// A response to send back, with the HTTP status it calls for.
+#[derive(Debug)]
+pub struct Response {
+    /// The JSON body (`None`: nothing to send back, all notifications).
+    pub body: Option<Value>,
+    /// HTTP 429 when a send was refused for a full queue.
+    pub too_many: bool,
+    /// Every call in the body, in order, notifications included; a body that is not
+    /// a request at all (malformed JSON, an empty batch) is one `invalid` call.
+    pub calls: Vec<CallRecord>,
+}
+
+/// Handles one HTTP body (read at `received_at`): a request or a batch.
+pub fn handle_body(body: &[u8], sender: &dyn Sender, received_at: Instant) -> Response {
+    let mut calls = Vec::new();
+    let body = match serde_json::from_slice::<Body>(body) {
+        Err(_) => Some(refuse(
+            Method::Invalid,
+            &Id::Null,
+            &RpcError::plain(code::PARSE_ERROR, "Parse error"),
+            &mut calls,
+        )),
+        Ok(Body::Batch(items)) if items.is_empty() => {
+            Some(invalid_request(Method::Invalid, &Id::Null, &mut calls))
+        }
+        Ok(Body::Batch(items)) => {
+            let out: Vec<Value> = items
+                .into_iter()
+                .filter_map(|item| handle_one(item, sender, received_at, &mut calls))
+                .collect();
+            (!out.is_empty()).then_some(Value::Array(out))
+        }
+        Ok(Body::Single(item)) => handle_one(item, sender, received_at, &mut calls),
+    };
+    let too_many = calls
+        .iter()
+        .any(|c| c.reject == Some(RejectReason::QueueFull));
+    Response {
+        body,
+        too_many,
+        calls,
+    }
+}
+
+fn error_response(id: &Id, e: &RpcError) -> Value {
+    json!({"jsonrpc": "2.0", "error": e.to_json(), "id": id})
+}
+
+/// Records a call that ended before any method ran, and its error response.
+fn refuse(method: Method, id: &Id, e: &RpcError, calls: &mut Vec<CallRecord>) -> Value {
+    calls.push(CallRecord {
+        method,
+        error_code: Some(e.code),
+        // A `sendTransaction` that is not a valid request is a refused transaction.
+        reject: (method == Method::SendTransaction).then_some(RejectReason::InvalidParams),
+    });
+    error_response(id, e)
+}
+
+fn invalid_request(method: Method, id: &Id, calls: &mut Vec<CallRecord>) -> Value {
+    refuse(
+        method,
+        id,
+        &RpcError::plain(code::INVALID_REQUEST, "Invalid request"),
+        calls,
+    )
+}
+
+/// One request; `None` for a notification (no `id`).
+fn handle_one(
+    item: Item,
+    sender: &dyn Sender,
+    received_at: Instant,
+    calls: &mut Vec<CallRecord>,
+) -> Option<Value> {
+    let Item::Object(envelope) = item else {
+        return Some(invalid_request(Method::Invalid, &Id::Null, calls));
+    };
+    let method = envelope
+        .method
+        .as_deref()
+        .map_or(Method::Invalid, Method::named);
+    let id = match envelope.id {
+        IdField::Absent => None,
+        IdField::Valid(id) => Some(id),
+        IdField::Invalid => return Some(invalid_request(method, &Id::Null, calls)),
+    };
+    if !envelope.v2 || envelope.method.is_none() {
+        return Some(invalid_request(
+            method,
+            id.as_ref().unwrap_or(&Id::Null),
+            calls,
+        ));
+    }
+    let (result, reject) = call(method, envelope.params, sender, received_at);
+    calls.push(CallRecord {
+        method,
+        error_code: result.as_ref().err().map(|e| e.code),
+        reject,
+    });
+    let id = id?;
+    Some(match result {
+        Ok(v) => json!({"jsonrpc": "2.0", "result": v, "id": id}),
+        Err(e) => error_response(&id, &e),
+    })
+}
+
+/// Runs one method: its result, and why a send was refused.
+fn call(
+    method: Method,
+    params: Value,
+    sender: &dyn Sender,
+    received_at: Instant,
+) -> (Result<Value, RpcError>, Option<RejectReason>) {
+    match method {
+        Method::SendTransaction => match send_transaction(params, sender, received_at) {
+            Ok(signature) => (Ok(Value::String(signature)), None),
+            Err(e) => (Err(e.rpc_error()), Some(e.reason())),
+        },
+        Method::GetHealth => (
+            sender.health().map(|()| json!("ok")).map_err(|why| {
+                RpcError::plain(code::NODE_UNHEALTHY, format!("Node is unhealthy: {why}"))
+            }),
+            None,
+        ),
+        Method::GetVersion => (
+            Ok(json!({
+                "solana-core": env!("CARGO_PKG_VERSION"),
+                "feature-set": null,
+                "afterburner": env!("CARGO_PKG_VERSION"),
+            })),
+            None,
+        ),
+        Method::Other | Method::Invalid => (
+            Err(RpcError::plain(code::METHOD_NOT_FOUND, "Method not found")),
+            None,
+        ),
+    }
+}
+
+/// Parses `sendTransaction` params and decodes the transaction, then [`submit`].
+fn send_transaction(
+    params: Value,
+    sender: &dyn Sender,
+    received_at: Instant,
+) -> Result<String, SendError> {
+    let (data, options) = parse_send_params(params)?;
+    let encoding = Encoding::parse(options.encoding.as_deref().unwrap_or("base58"))?;
+    let wire = validate::decode(&data, encoding)?;
+    submit(sender, wire, options, received_at)
+}
+
 /// `[data, options?]` as jsonrpc-core's positional params parse them.
-pub fn parse_send_params(params: Value) -> Result<(String, SendOptions), RpcError> {
-    let invalid = |e: serde_json::Error| RpcError::invalid_params(format!("Invalid params: {e}."));
+///
+/// # Errors
+/// [`SendError::InvalidParams`] with jsonrpc-core's message.
+pub fn parse_send_params(params: Value) -> Result<(String, SendOptions), SendError> {
+    let invalid = |e: serde_json::Error| SendError::InvalidParams(format!("Invalid params: {e}."));
     match params {
         Value::Array(mut items) => {
             if items.is_empty() || items.len() > 2 {
-                return Err(RpcError::invalid_params(format!(
+                return Err(SendError::InvalidParams(format!(
                     "Invalid params: invalid length {}, expected a tuple of size 1 or 2.",
                     items.len()
                 )));
@@ -277,10 +528,7 @@ pub fn parse_send_params(params: Value) -> Result<(String, SendOptions), RpcErro
             let data: String = serde_json::from_value(items.remove(0)).map_err(invalid)?;
             Ok((data, options))
         }
-        Value::Null => Err(RpcError::invalid_params(
-            "Invalid params: invalid type: null, expected a tuple of size 1 or 2.",
-        )),
-        other => Err(RpcError::invalid_params(format!(
+        other => Err(SendError::InvalidParams(format!(
             "Invalid params: invalid type: {}, expected a tuple of size 1 or 2.",
             kind(&other)
         ))),
@@ -295,5 +543,580 @@ fn kind(v: &Value) -> &'static str {
         Value::String(_) => "string",
         Value::Array(_) => "sequence",
         Value::Object(_) => "map",
+    }
+}
+
+/// A request body: one request or a batch (jsonrpc-core's `Request`). Anything that
+/// is JSON parses; what is not a valid request is answered per request (-32600).
+#[derive(Debug)]
+enum Body {
+    Single(Item),
+    Batch(Vec<Item>),
+}
+
+/// One request as sent: an object's envelope, or not an object at all.
+#[derive(Debug)]
+enum Item {
+    Object(Envelope),
+    NotAnObject,
+}
+
+/// An object's JSON-RPC fields as sent, checked by `handle_one` (so that an invalid
+/// request is still answered with its id); other fields are ignored. A repeated
+/// field counts with its last value.
+#[derive(Debug, Default)]
+struct Envelope {
+    /// `"jsonrpc": "2.0"`.
+    v2: bool,
+    id: IdField,
+    /// The method name, when it is a string.
+    method: Option<String>,
+    /// `null` when absent.
+    params: Value,
+}
+
+/// A request id as jsonrpc-core takes it, echoed back as sent.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+enum Id {
+    Null,
+    Number(serde_json::Number),
+    String(String),
+}
+
+/// The `id` field: absent (a notification), an id, or something no id can be.
+#[derive(Debug, Default)]
+enum IdField {
+    #[default]
+    Absent,
+    Valid(Id),
+    Invalid,
+}
+
+impl From<Value> for IdField {
+    fn from(v: Value) -> Self {
+        match v {
+            Value::Null => Self::Valid(Id::Null),
+            Value::Number(n) => Self::Valid(Id::Number(n)),
+            Value::String(s) => Self::Valid(Id::String(s)),
+            Value::Bool(_) | Value::Array(_) | Value::Object(_) => Self::Invalid,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(BodyVisitor { top: true })
+    }
+}
+
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match d.deserialize_any(BodyVisitor { top: false })? {
+            Body::Single(item) => Ok(item),
+            Body::Batch(_) => Ok(Item::NotAnObject),
+        }
+    }
+}
+
+/// One JSON value of a body: at the top, an array is a batch; inside a batch it is
+/// just not an object. Whatever is skipped is still parsed as a `Value` (unlike
+/// `IgnoredAny`), so the nesting limit and number range are what `Value` allows.
+struct BodyVisitor {
+    top: bool,
+}
+
+impl<'de> Visitor<'de> for BodyVisitor {
+    type Value = Body;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC request or batch")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Body, E> {
+        Ok(Body::Single(Item::NotAnObject))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Body, E> {
+        Ok(Body::Single(Item::NotAnObject))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Body, E> {
+        Ok(Body::Single(Item::NotAnObject))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Body, E> {
+        Ok(Body::Single(Item::NotAnObject))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Body, E> {
+        Ok(Body::Single(Item::NotAnObject))
+    }
+
+    fn visit_unit<E>(self) -> Result<Body, E> {
+        Ok(Body::Single(Item::NotAnObject))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Body, A::Error> {
+        if !self.top {
+            while seq.next_element::<Value>()?.is_some() {}
+            return Ok(Body::Single(Item::NotAnObject));
+        }
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(item) = seq.next_element::<Item>()? {
+            items.push(item);
+        }
+        Ok(Body::Batch(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+        let mut e = Envelope::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "jsonrpc" => e.v2 = map.next_value::<Value>()? == "2.0",
+                "id" => e.id = map.next_value::<Value>()?.into(),
+                "method" => {
+                    e.method = match map.next_value::<Value>()? {
+                        Value::String(m) => Some(m),
+                        _ => None,
+                    }
+                }
+                "params" => e.params = map.next_value()?,
+                _ => {
+                    map.next_value::<Value>()?;
+                }
+            }
+        }
+        Ok(Body::Single(Item::Object(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use strum::IntoEnumIterator as _;
+
+    use super::*;
+
+    /// Accepts everything that validates, or refuses every send with one error.
+    #[derive(Default)]
+    struct Fake {
+        refuse: Option<SendError>,
+        sent: Mutex<usize>,
+    }
+
+    impl Sender for Fake {
+        fn send(&self, request: SendRequest) -> Result<String, SendError> {
+            if let Some(e) = &self.refuse {
+                return Err(e.clone());
+            }
+            *self.sent.lock().unwrap() += 1;
+            Ok(request.tx.signature.to_string())
+        }
+        fn verify_signatures(&self) -> bool {
+            true
+        }
+        fn health(&self) -> Result<(), String> {
+            Err("no leader schedule".into())
+        }
+        fn preflight(&self, _: &SendRequest) -> Result<(), SendError> {
+            Err(SendError::PreflightRefused)
+        }
+    }
+
+    fn handle(body: &str, sender: &Fake) -> (Value, Vec<CallRecord>) {
+        let r = handle_body(body.as_bytes(), sender, Instant::now());
+        (r.body.unwrap_or(Value::Null), r.calls)
+    }
+
+    fn record(method: Method, code: Option<i64>, reject: Option<RejectReason>) -> CallRecord {
+        CallRecord {
+            method,
+            error_code: code,
+            reject,
+        }
+    }
+
+    fn signed_transfer() -> String {
+        use solana_sdk::{
+            hash::Hash, pubkey::Pubkey, signature::Keypair, signer::Signer,
+            transaction::Transaction,
+        };
+        let payer = Keypair::new();
+        let ix = solana_system_interface::instruction::transfer(
+            &payer.pubkey(),
+            &Pubkey::new_unique(),
+            1,
+        );
+        let tx = Transaction::new_signed_with_payer(
+            &[ix],
+            Some(&payer.pubkey()),
+            &[&payer],
+            Hash::new_unique(),
+        );
+        bs58::encode(bincode::serialize(&tx).unwrap()).into_string()
+    }
+
+    #[test]
+    fn reject_labels_are_the_published_set() {
+        let labels: Vec<&str> = RejectReason::iter().map(RejectReason::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "invalid_params",
+                "encoding",
+                "too_large",
+                "undeserializable",
+                "sanitize",
+                "bad_signature",
+                "preflight",
+                "min_context_slot",
+                "queue_full",
+                "not_ready",
+            ]
+        );
+        let methods: Vec<&str> = Method::iter().map(Method::label).collect();
+        assert_eq!(
+            methods,
+            [
+                "sendTransaction",
+                "getHealth",
+                "getVersion",
+                "other",
+                "invalid"
+            ]
+        );
+    }
+
+    /// Every refusal: agave's code, the message clients see, its data, its label.
+    #[test]
+    fn each_refusal_maps_to_agaves_error_and_a_reason() {
+        let name = "solana_transaction::versioned::VersionedTransaction";
+        let base58_error = bs58::decode("0").into_vec().unwrap_err();
+        let base64_error =
+            base64::Engine::decode(&base64::prelude::BASE64_STANDARD, "!!!!").unwrap_err();
+        let simulation = json!({"err": "AccountNotFound", "logs": []});
+        let cases: Vec<(SendError, i64, String, Option<Value>, &str)> = vec![
+            (
+                SendError::InvalidParams("Invalid params: x.".into()),
+                -32602,
+                "Invalid params: x.".into(),
+                None,
+                "invalid_params",
+            ),
+            (
+                ValidationError::UnsupportedEncoding("json".into()).into(),
+                -32602,
+                "unsupported encoding: json. Supported encodings: base58, base64".into(),
+                None,
+                "encoding",
+            ),
+            (
+                ValidationError::UnknownEncoding("hex".into()).into(),
+                -32602,
+                "Invalid params: unknown variant `hex`, expected one of `binary`, `base64`, \
+                 `base58`, `json`, `jsonParsed`."
+                    .into(),
+                None,
+                "encoding",
+            ),
+            (
+                ValidationError::Base58TooLarge(1684).into(),
+                -32602,
+                format!("base58 encoded {name} too large: 1684 bytes (max: encoded/raw 1683/1232)"),
+                None,
+                "too_large",
+            ),
+            (
+                ValidationError::Base64TooLarge(1645).into(),
+                -32602,
+                format!("base64 encoded {name} too large: 1645 bytes (max: encoded/raw 1644/1232)"),
+                None,
+                "too_large",
+            ),
+            (
+                ValidationError::InvalidBase58(base58_error).into(),
+                -32602,
+                "invalid base58 encoding: InvalidCharacter { character: '0', index: 0 }".into(),
+                None,
+                "encoding",
+            ),
+            (
+                ValidationError::InvalidBase64(base64_error).into(),
+                -32602,
+                "invalid base64 encoding: InvalidByte(0, 33)".into(),
+                None,
+                "encoding",
+            ),
+            (
+                ValidationError::DecodedTooLarge(1233).into(),
+                -32602,
+                format!("decoded {name} too large: 1233 bytes (max: 1232 bytes)"),
+                None,
+                "too_large",
+            ),
+            (
+                ValidationError::Undeserializable("io error: unexpected end of file".into()).into(),
+                -32602,
+                format!("failed to deserialize {name}: io error: unexpected end of file"),
+                None,
+                "undeserializable",
+            ),
+            (
+                ValidationError::Unsanitary.into(),
+                -32602,
+                "invalid transaction: Transaction failed to sanitize accounts offsets correctly"
+                    .into(),
+                None,
+                "sanitize",
+            ),
+            (
+                ValidationError::DuplicateAccount.into(),
+                -32602,
+                "invalid transaction: Transaction loads the same account more than once".into(),
+                None,
+                "sanitize",
+            ),
+            (
+                ValidationError::BadSignature.into(),
+                -32002,
+                "Transaction simulation failed: Transaction signature verification failure".into(),
+                Some(json!({
+                    "err": "SignatureFailure", "logs": [], "accounts": null, "unitsConsumed": 0,
+                    "returnData": null, "innerInstructions": null,
+                })),
+                "bad_signature",
+            ),
+            (
+                SendError::PreflightRefused,
+                -32602,
+                "preflight simulation is not available on this gateway (no RPC configured for \
+                 it); send with skipPreflight: true"
+                    .into(),
+                None,
+                "invalid_params",
+            ),
+            (
+                SendError::PreflightFailed {
+                    error: "Attempt to debit an account but found no record of a prior credit."
+                        .into(),
+                    simulation: Some(simulation.clone()),
+                },
+                -32002,
+                "Transaction simulation failed: Attempt to debit an account but found no record \
+                 of a prior credit."
+                    .into(),
+                Some(simulation),
+                "preflight",
+            ),
+            (
+                SendError::PreflightUnavailable("connection refused".into()),
+                -32005,
+                "Node is unhealthy: preflight simulation failed: connection refused".into(),
+                None,
+                "not_ready",
+            ),
+            (
+                SendError::NotReady("shutting down"),
+                -32005,
+                "Node is unhealthy: shutting down".into(),
+                None,
+                "not_ready",
+            ),
+            (
+                SendError::MinContextSlotNotReached { context_slot: 41 },
+                -32016,
+                "Minimum context slot has not been reached".into(),
+                Some(json!({"contextSlot": 41})),
+                "min_context_slot",
+            ),
+            (
+                SendError::QueueFull,
+                -32090,
+                "Too many requests: the send queue is full, retry later".into(),
+                None,
+                "queue_full",
+            ),
+            (
+                SendError::Internal("dedup lock poisoned"),
+                -32603,
+                "Internal error: dedup lock poisoned".into(),
+                None,
+                "not_ready",
+            ),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (e, code, message, data, reason) in cases {
+            let rpc = e.rpc_error();
+            assert_eq!(
+                rpc,
+                RpcError {
+                    code,
+                    message,
+                    data
+                },
+                "{e:?}"
+            );
+            assert_eq!(e.reason().label(), reason, "{e:?}");
+            seen.insert(e.reason());
+        }
+        assert_eq!(
+            seen.len(),
+            RejectReason::iter().count(),
+            "every reason is used"
+        );
+    }
+
+    #[test]
+    fn envelope_errors_and_their_records() {
+        let s = Fake::default();
+        let (v, calls) = handle("{\"jsonrpc\": \"2.0\", ", &s);
+        assert_eq!(
+            v,
+            json!({"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": null})
+        );
+        assert_eq!(calls, [record(Method::Invalid, Some(-32700), None)]);
+        // Too deep for `Value` is too deep here, also in a field that is ignored.
+        let deep = format!("{{\"x\": {}{}}}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(handle(&deep, &s).0["error"]["code"], -32700);
+        let (v, calls) = handle("[]", &s);
+        assert_eq!(v["error"]["code"], -32600);
+        assert_eq!(calls, [record(Method::Invalid, Some(-32600), None)]);
+        let (v, calls) = handle("[1, [2]]", &s);
+        assert_eq!(v[0]["error"]["message"], "Invalid request");
+        assert_eq!(v[1]["id"], Value::Null);
+        assert_eq!(calls.len(), 2);
+        // No "jsonrpc": invalid, answered with the id.
+        let (v, calls) = handle(r#"{"id": "a", "method": "sendTransaction"}"#, &s);
+        assert_eq!(v["id"], "a");
+        assert_eq!(v["error"]["code"], -32600);
+        assert_eq!(
+            calls,
+            [record(
+                Method::SendTransaction,
+                Some(-32600),
+                Some(RejectReason::InvalidParams)
+            )]
+        );
+        // An id that no id can be: answered with null.
+        let (v, _) = handle(
+            r#"{"jsonrpc": "2.0", "id": [1], "method": "getHealth"}"#,
+            &s,
+        );
+        assert_eq!(
+            (v["id"].clone(), v["error"]["code"].clone()),
+            (Value::Null, json!(-32600))
+        );
+        // A method that is not a string.
+        let (v, calls) = handle(r#"{"jsonrpc": "2.0", "id": 1, "method": 5}"#, &s);
+        assert_eq!(
+            (v["id"].clone(), v["error"]["code"].clone()),
+            (json!(1), json!(-32600))
+        );
+        assert_eq!(calls, [record(Method::Invalid, Some(-32600), None)]);
+        // A repeated field counts with its last value, as in a parsed `Value`.
+        let (v, _) = handle(
+            r#"{"jsonrpc": "1.0", "jsonrpc": "2.0", "id": 1, "id": 2.5, "method": "getVersion"}"#,
+            &s,
+        );
+        assert_eq!(v["id"], 2.5);
+        assert!(v["result"].is_object(), "{v}");
+    }
+
+    #[test]
+    fn methods_batches_and_notifications() {
+        let s = Fake::default();
+        let (v, calls) = handle(r#"{"jsonrpc": "2.0", "id": 1, "method": "getBlock"}"#, &s);
+        assert_eq!(
+            v["error"],
+            json!({"code": -32601, "message": "Method not found"})
+        );
+        assert_eq!(calls, [record(Method::Other, Some(-32601), None)]);
+        let (v, _) = handle(r#"{"jsonrpc": "2.0", "id": 1, "method": "getHealth"}"#, &s);
+        assert_eq!(
+            v["error"],
+            json!({"code": -32005, "message": "Node is unhealthy: no leader schedule"})
+        );
+        // A batch with a notification: one answer, two records, in order.
+        let tx = signed_transfer();
+        let body = format!(
+            r#"[{{"jsonrpc": "2.0", "method": "sendTransaction", "params": ["{tx}", {{"skipPreflight": true}}]}},
+                {{"jsonrpc": "2.0", "id": 9, "method": "getVersion"}}]"#
+        );
+        let (v, calls) = handle(&body, &s);
+        assert_eq!(v.as_array().unwrap().len(), 1);
+        assert_eq!(v[0]["id"], 9);
+        assert_eq!(
+            calls,
+            [
+                record(Method::SendTransaction, None, None),
+                record(Method::GetVersion, None, None)
+            ]
+        );
+        assert_eq!(*s.sent.lock().unwrap(), 1, "the notification was sent");
+        // Only notifications: nothing to answer.
+        let r = handle_body(
+            br#"{"jsonrpc": "2.0", "method": "getHealth"}"#,
+            &s,
+            Instant::now(),
+        );
+        assert!(r.body.is_none());
+        assert_eq!(r.calls, [record(Method::GetHealth, Some(-32005), None)]);
+    }
+
+    #[test]
+    fn send_refusals_carry_their_reason() {
+        let tx = signed_transfer();
+        let send = |params: Value| {
+            json!({"jsonrpc": "2.0", "id": 1, "method": "sendTransaction", "params": params})
+                .to_string()
+        };
+        let s = Fake::default();
+        for (params, code, reason) in [
+            (json!(null), -32602, RejectReason::InvalidParams),
+            (
+                json!([tx, {"encoding": "json"}]),
+                -32602,
+                RejectReason::Encoding,
+            ),
+            (
+                json!(["0OIl", {"skipPreflight": true}]),
+                -32602,
+                RejectReason::Encoding,
+            ),
+            (json!([tx]), -32602, RejectReason::InvalidParams), // preflight refused
+        ] {
+            let (v, calls) = handle(&send(params.clone()), &s);
+            assert_eq!(v["error"]["code"], code, "{params}");
+            assert_eq!(
+                calls,
+                [record(Method::SendTransaction, Some(code), Some(reason))],
+                "{params}"
+            );
+        }
+        assert_eq!(
+            handle(&send(json!(null)), &s).0["error"]["message"],
+            "Invalid params: invalid type: null, expected a tuple of size 1 or 2."
+        );
+        let full = Fake {
+            refuse: Some(SendError::QueueFull),
+            ..Fake::default()
+        };
+        let r = handle_body(
+            send(json!([tx, {"skipPreflight": true}])).as_bytes(),
+            &full,
+            Instant::now(),
+        );
+        assert!(r.too_many);
+        assert_eq!(
+            r.calls,
+            [record(
+                Method::SendTransaction,
+                Some(-32090),
+                Some(RejectReason::QueueFull)
+            )]
+        );
+        assert_eq!(r.calls[0].result_label(), "-32090");
     }
 }

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use afterburner_xdp::{
+use afterburner_quic::{
     DropReason, EngineHandle, EngineSubmitter, Outcome, OutcomeKind, Submission,
 };
 use solana_client::nonblocking::rpc_client::RpcClient;
@@ -24,7 +24,7 @@ use crate::{
     dedup::Dedup,
     leaders::LeaderSource,
     metrics::Metrics,
-    rpc::{self, RpcError, SendRequest, code},
+    rpc::{self, RejectReason, SendError, SendRequest},
 };
 
 /// Retry policy and bounds.
@@ -216,80 +216,47 @@ impl Service {
         &self.metrics
     }
 
-    /// Accepts raw wire bytes (the `/v1/transactions` route).
+    /// Accepts raw wire bytes (the `/v1/transactions` route), through the same
+    /// path as `sendTransaction` ([`rpc::submit`]).
     ///
     /// # Errors
-    /// The same errors `sendTransaction` gives.
+    /// The same refusals `sendTransaction` gives.
     pub fn send_wire(
         &self,
         wire: Vec<u8>,
         received_at: Instant,
         options: rpc::SendOptions,
-    ) -> Result<String, RpcError> {
-        let tx = crate::validate::validate(wire, self.config.verify_signatures)?;
-        let request = SendRequest {
-            tx,
-            options,
-            received_at,
-        };
-        if !request.options.skip_preflight {
-            rpc::Sender::preflight(self, &request)?;
-        }
-        rpc::Sender::send(self, request)
+    ) -> Result<String, SendError> {
+        rpc::submit(self, wire, options, received_at)
     }
 
     /// Counts a refusal under its reason.
-    pub fn count_reject(&self, e: &RpcError) {
+    pub fn count_reject(&self, reason: RejectReason) {
         self.metrics
             .rejected
-            .with_label_values(&[reject_reason(e)])
+            .with_label_values(&[reason.label()])
             .inc();
     }
 }
 
-/// Maps an error to its [`crate::metrics::REJECT_REASONS`] label.
-pub fn reject_reason(e: &RpcError) -> &'static str {
-    let m = e.message.as_str();
-    match e.code {
-        code::QUEUE_FULL => "queue_full",
-        code::NODE_UNHEALTHY => "not_ready",
-        code::MIN_CONTEXT_SLOT_NOT_REACHED => "min_context_slot",
-        code::PREFLIGHT_FAILURE if m.contains("signature verification") => "bad_signature",
-        code::PREFLIGHT_FAILURE => "preflight",
-        _ if m.contains("too large") => "too_large",
-        _ if m.contains("encoding") => "encoding",
-        _ if m.starts_with("failed to deserialize") => "undeserializable",
-        _ if m.starts_with("invalid transaction") => "sanitize",
-        _ => "invalid_params",
-    }
-}
-
 impl rpc::Sender for Service {
-    fn send(&self, request: SendRequest) -> Result<String, RpcError> {
+    fn send(&self, request: SendRequest) -> Result<String, SendError> {
         let validated = request.received_at.elapsed();
         let sig = request.tx.signature;
         let sig_text = sig.to_string();
         if !self.accepting.load(Ordering::SeqCst) {
-            return Err(RpcError {
-                code: code::NODE_UNHEALTHY,
-                message: "Node is unhealthy: shutting down".into(),
-                data: None,
-            });
+            return Err(SendError::NotReady("shutting down"));
         }
         if let Some(min) = request.options.min_context_slot
             && let Some(slot) = self.leaders.current_slot()
             && slot < min
         {
-            return Err(RpcError {
-                code: code::MIN_CONTEXT_SLOT_NOT_REACHED,
-                message: "Minimum context slot has not been reached".into(),
-                data: Some(serde_json::json!({"contextSlot": slot})),
-            });
+            return Err(SendError::MinContextSlotNotReached { context_slot: slot });
         }
         let fresh = self
             .dedup
             .lock()
-            .map_err(|_| internal("dedup lock poisoned"))?
+            .map_err(|_| SendError::Internal("dedup lock poisoned"))?
             .insert(sig, Instant::now());
         if !fresh {
             self.metrics.duplicates.inc();
@@ -301,19 +268,9 @@ impl rpc::Sender for Service {
                 if let Ok(mut d) = self.dedup.lock() {
                     d.remove(&sig);
                 }
-                let closed = matches!(e, mpsc::error::TrySendError::Closed(()));
-                return Err(RpcError {
-                    code: if closed {
-                        code::NODE_UNHEALTHY
-                    } else {
-                        code::QUEUE_FULL
-                    },
-                    message: if closed {
-                        "Node is unhealthy: shutting down".into()
-                    } else {
-                        "Too many requests: the send queue is full, retry later".into()
-                    },
-                    data: None,
+                return Err(match e {
+                    mpsc::error::TrySendError::Closed(()) => SendError::NotReady("shutting down"),
+                    mpsc::error::TrySendError::Full(()) => SendError::QueueFull,
                 });
             }
         };
@@ -381,12 +338,9 @@ impl rpc::Sender for Service {
         self.ready()
     }
 
-    fn preflight(&self, request: &SendRequest) -> Result<(), RpcError> {
+    fn preflight(&self, request: &SendRequest) -> Result<(), SendError> {
         match &self.preflight {
-            Preflight::Refuse => Err(RpcError::invalid_params(
-                "preflight simulation is not available on this gateway (no RPC configured for it); \
-                 send with skipPreflight: true",
-            )),
+            Preflight::Refuse => Err(SendError::PreflightRefused),
             Preflight::Forward(rpc) => {
                 let rpc = rpc.clone();
                 let tx = request.tx.transaction.clone();
@@ -405,28 +359,15 @@ impl rpc::Sender for Service {
                 match result {
                     Ok(r) => match r.value.err.clone() {
                         None => Ok(()),
-                        Some(err) => Err(RpcError {
-                            code: code::PREFLIGHT_FAILURE,
-                            message: format!("Transaction simulation failed: {err}"),
-                            data: serde_json::to_value(&r.value).ok(),
+                        Some(err) => Err(SendError::PreflightFailed {
+                            error: err.to_string(),
+                            simulation: serde_json::to_value(&r.value).ok(),
                         }),
                     },
-                    Err(e) => Err(RpcError {
-                        code: code::NODE_UNHEALTHY,
-                        message: format!("Node is unhealthy: preflight simulation failed: {e}"),
-                        data: None,
-                    }),
+                    Err(e) => Err(SendError::PreflightUnavailable(e.to_string())),
                 }
             }
         }
-    }
-}
-
-fn internal(what: &str) -> RpcError {
-    RpcError {
-        code: code::INTERNAL_ERROR,
-        message: format!("Internal error: {what}"),
-        data: None,
     }
 }
 

@@ -2,6 +2,8 @@
 //! size limits, bincode deserialization exactly as agave's RPC does it, sanitizing,
 //! and signature verification. Sans-IO; the error texts are agave's (`rpc/src/rpc.rs`
 //! in 3.1), so a client sees the same message from us as from a validator's RPC.
+//! Errors are [`ValidationError`]: what failed, typed; the JSON-RPC code a client
+//! gets for each is the `rpc` module's business.
 
 use std::{any::type_name, sync::Arc};
 
@@ -9,15 +11,74 @@ use base64::{Engine as _, prelude::BASE64_STANDARD};
 use bincode::Options as _;
 use solana_sdk::{signature::Signature, transaction::VersionedTransaction};
 
-use crate::rpc::RpcError;
-
-/// The largest transaction (agave's `PACKET_DATA_SIZE`: 1280 - 40 - 8).
-pub const PACKET_DATA_SIZE: usize = afterburner_xdp::config::PACKET_DATA_SIZE;
+/// The largest transaction: the protocol's packet payload (1280 - 40 - 8).
+pub const PACKET_DATA_SIZE: usize = solana_packet::PACKET_DATA_SIZE;
 
 /// agave's limit on a base58-encoded transaction ("golden": 1232 bytes encoded).
 pub const MAX_BASE58_SIZE: usize = 1683;
 /// agave's limit on a base64-encoded transaction.
 pub const MAX_BASE64_SIZE: usize = 1644;
+
+/// The type name agave puts in its messages (`type_name::<VersionedTransaction>()`).
+fn tx_type() -> &'static str {
+    type_name::<VersionedTransaction>()
+}
+
+/// Why a transaction was refused before any send. `Display` is agave's message for
+/// it, byte for byte (clients and agave's own client code match on them).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// A `UiTransactionEncoding` that is not binary (`json`, `jsonParsed`).
+    #[error("unsupported encoding: {0}. Supported encodings: base58, base64")]
+    UnsupportedEncoding(String),
+    /// Not a `UiTransactionEncoding` at all: agave's params deserialization fails.
+    #[error(
+        "Invalid params: unknown variant `{0}`, expected one of `binary`, `base64`, \
+         `base58`, `json`, `jsonParsed`."
+    )]
+    UnknownEncoding(String),
+    /// More base58 characters than a 1232-byte transaction can take.
+    #[error(
+        "base58 encoded {name} too large: {0} bytes (max: encoded/raw {max}/{raw})",
+        name = tx_type(),
+        max = MAX_BASE58_SIZE,
+        raw = PACKET_DATA_SIZE
+    )]
+    Base58TooLarge(usize),
+    /// More base64 characters than a 1232-byte transaction can take.
+    #[error(
+        "base64 encoded {name} too large: {0} bytes (max: encoded/raw {max}/{raw})",
+        name = tx_type(),
+        max = MAX_BASE64_SIZE,
+        raw = PACKET_DATA_SIZE
+    )]
+    Base64TooLarge(usize),
+    /// Not base58.
+    #[error("invalid base58 encoding: {0:?}")]
+    InvalidBase58(bs58::decode::Error),
+    /// Not base64.
+    #[error("invalid base64 encoding: {0:?}")]
+    InvalidBase64(base64::DecodeError),
+    /// Decoded, but larger than a packet.
+    #[error(
+        "decoded {name} too large: {0} bytes (max: {raw} bytes)",
+        name = tx_type(),
+        raw = PACKET_DATA_SIZE
+    )]
+    DecodedTooLarge(usize),
+    /// bincode refused it; the text is bincode's (not `Clone`, so kept as text).
+    #[error("failed to deserialize {name}: {0}", name = tx_type())]
+    Undeserializable(String),
+    /// The message is inconsistent (counts, offsets, indices) or has no signature.
+    #[error("invalid transaction: Transaction failed to sanitize accounts offsets correctly")]
+    Unsanitary,
+    /// A static account key appears twice.
+    #[error("invalid transaction: Transaction loads the same account more than once")]
+    DuplicateAccount,
+    /// A signature does not verify: agave reports it as a preflight failure.
+    #[error("Transaction simulation failed: Transaction signature verification failure")]
+    BadSignature,
+}
 
 /// Wire encodings `sendTransaction` accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,20 +94,15 @@ impl Encoding {
     /// only the two binary ones are accepted for sending.
     ///
     /// # Errors
-    /// agave's -32602 for anything else.
-    pub fn parse(name: &str) -> Result<Self, RpcError> {
+    /// [`ValidationError::UnsupportedEncoding`] for agave's other encodings,
+    /// [`ValidationError::UnknownEncoding`] for anything else.
+    pub fn parse(name: &str) -> Result<Self, ValidationError> {
         match name {
             // "binary" is agave's legacy name for base58.
             "base58" | "binary" => Ok(Self::Base58),
             "base64" => Ok(Self::Base64),
-            "json" | "jsonParsed" => Err(RpcError::invalid_params(format!(
-                "unsupported encoding: {name}. Supported encodings: base58, base64"
-            ))),
-            // Not a `UiTransactionEncoding` at all: agave's params deserialization fails.
-            other => Err(RpcError::invalid_params(format!(
-                "Invalid params: unknown variant `{other}`, expected one of `binary`, `base64`, \
-                 `base58`, `json`, `jsonParsed`."
-            ))),
+            "json" | "jsonParsed" => Err(ValidationError::UnsupportedEncoding(name.into())),
+            other => Err(ValidationError::UnknownEncoding(other.into())),
         }
     }
 }
@@ -62,67 +118,53 @@ pub struct Validated {
     pub transaction: VersionedTransaction,
 }
 
-/// Decodes `encoded` and deserializes it as agave's `decode_and_deserialize` does.
+/// Decodes `encoded` as agave's `decode_and_deserialize` does, size limit first.
 ///
 /// # Errors
-/// agave's -32602 errors, with its messages.
-pub fn decode(encoded: &str, encoding: Encoding) -> Result<Vec<u8>, RpcError> {
-    let name = type_name::<VersionedTransaction>();
-    let wire = match encoding {
+/// The encoded size limit, or the text is not in `encoding`.
+pub fn decode(encoded: &str, encoding: Encoding) -> Result<Vec<u8>, ValidationError> {
+    match encoding {
         Encoding::Base58 => {
             if encoded.len() > MAX_BASE58_SIZE {
-                return Err(RpcError::invalid_params(format!(
-                    "base58 encoded {name} too large: {} bytes (max: encoded/raw {MAX_BASE58_SIZE}/{PACKET_DATA_SIZE})",
-                    encoded.len()
-                )));
+                return Err(ValidationError::Base58TooLarge(encoded.len()));
             }
             bs58::decode(encoded)
                 .into_vec()
-                .map_err(|e| RpcError::invalid_params(format!("invalid base58 encoding: {e:?}")))?
+                .map_err(ValidationError::InvalidBase58)
         }
         Encoding::Base64 => {
             if encoded.len() > MAX_BASE64_SIZE {
-                return Err(RpcError::invalid_params(format!(
-                    "base64 encoded {name} too large: {} bytes (max: encoded/raw {MAX_BASE64_SIZE}/{PACKET_DATA_SIZE})",
-                    encoded.len()
-                )));
+                return Err(ValidationError::Base64TooLarge(encoded.len()));
             }
             BASE64_STANDARD
                 .decode(encoded)
-                .map_err(|e| RpcError::invalid_params(format!("invalid base64 encoding: {e:?}")))?
+                .map_err(ValidationError::InvalidBase64)
         }
-    };
-    Ok(wire)
+    }
 }
 
 /// Checks raw wire bytes: size, deserialization, sanitizing, and (when
 /// `verify_signatures`) every signature.
 ///
 /// # Errors
-/// agave's -32602 for size, deserialization and sanitize failures; -32002 (agave's
-/// preflight failure) for a bad signature, as agave reports it when preflight runs.
-pub fn validate(wire: Vec<u8>, verify_signatures: bool) -> Result<Validated, RpcError> {
-    let name = type_name::<VersionedTransaction>();
+/// The first check that fails.
+pub fn validate(wire: Vec<u8>, verify_signatures: bool) -> Result<Validated, ValidationError> {
     if wire.len() > PACKET_DATA_SIZE {
-        return Err(RpcError::invalid_params(format!(
-            "decoded {name} too large: {} bytes (max: {PACKET_DATA_SIZE} bytes)",
-            wire.len()
-        )));
+        return Err(ValidationError::DecodedTooLarge(wire.len()));
     }
     let transaction: VersionedTransaction = bincode::options()
         .with_limit(PACKET_DATA_SIZE as u64)
         .with_fixint_encoding()
         .allow_trailing_bytes()
         .deserialize_from(&wire[..])
-        .map_err(|e| RpcError::invalid_params(format!("failed to deserialize {name}: {e}")))?;
+        .map_err(|e| ValidationError::Undeserializable(e.to_string()))?;
     sanitize(&transaction)?;
+    let Some(&signature) = transaction.signatures.first() else {
+        return Err(ValidationError::Unsanitary);
+    };
     if verify_signatures && !transaction.verify_with_results().iter().all(|ok| *ok) {
-        return Err(RpcError::preflight_failure(
-            "Transaction signature verification failure",
-            "SignatureFailure",
-        ));
+        return Err(ValidationError::BadSignature);
     }
-    let signature = transaction.signatures[0];
     Ok(Validated {
         wire: wire.into(),
         signature,
@@ -134,19 +176,15 @@ pub fn validate(wire: Vec<u8>, verify_signatures: bool) -> Result<Validated, Rpc
 /// consistency (signature count, account offsets, instruction indices) and
 /// duplicate static account keys. Address-lookup-table entries are not resolved
 /// (that needs the accounts), so their duplicates are left to the leader.
-fn sanitize(tx: &VersionedTransaction) -> Result<(), RpcError> {
+fn sanitize(tx: &VersionedTransaction) -> Result<(), ValidationError> {
     if tx.sanitize().is_err() || tx.signatures.is_empty() {
-        return Err(RpcError::invalid_params(
-            "invalid transaction: Transaction failed to sanitize accounts offsets correctly",
-        ));
+        return Err(ValidationError::Unsanitary);
     }
     let keys = tx.message.static_account_keys();
     let mut sorted: Vec<_> = keys.iter().collect();
     sorted.sort_unstable();
     if sorted.windows(2).any(|w| w[0] == w[1]) {
-        return Err(RpcError::invalid_params(
-            "invalid transaction: Transaction loads the same account more than once",
-        ));
+        return Err(ValidationError::DuplicateAccount);
     }
     Ok(())
 }
@@ -191,17 +229,18 @@ mod tests {
             type_name::<VersionedTransaction>(),
             "solana_transaction::versioned::VersionedTransaction"
         );
+        assert_eq!(PACKET_DATA_SIZE, 1232);
     }
 
     #[test]
-    fn bad_signature_is_a_preflight_failure() {
+    fn bad_signature_is_its_own_error() {
         let (mut wire, _) = transfer();
         // The first signature starts after the 1-byte count.
         wire[1] ^= 1;
         let e = validate(wire.clone(), true).unwrap_err();
-        assert_eq!(e.code, -32002);
+        assert_eq!(e, ValidationError::BadSignature);
         assert_eq!(
-            e.message,
+            e.to_string(),
             "Transaction simulation failed: Transaction signature verification failure"
         );
         assert!(
@@ -222,9 +261,71 @@ mod tests {
             message,
         };
         let e = validate(bincode::serialize(&tx).unwrap(), false).unwrap_err();
+        assert_eq!(e, ValidationError::DuplicateAccount);
         assert_eq!(
-            e.message,
+            e.to_string(),
             "invalid transaction: Transaction loads the same account more than once"
         );
+    }
+
+    /// Each failure, from real input where there is one, with agave's message.
+    #[test]
+    fn every_error_has_agaves_message() {
+        let name = "solana_transaction::versioned::VersionedTransaction";
+        let payer = Keypair::new();
+        let ix = system_instruction::transfer(&payer.pubkey(), &Pubkey::new_unique(), 1);
+        // The header asks for one signature; there is none.
+        let unsigned = Transaction {
+            signatures: vec![],
+            message: Message::new(&[ix], Some(&payer.pubkey())),
+        };
+        let no_signatures = bincode::serialize(&unsigned).unwrap();
+        let cases: Vec<(Result<Vec<u8>, ValidationError>, String)> = vec![
+            (
+                Encoding::parse("jsonParsed").map(|_| vec![]),
+                "unsupported encoding: jsonParsed. Supported encodings: base58, base64".into(),
+            ),
+            (
+                Encoding::parse("base32").map(|_| vec![]),
+                "Invalid params: unknown variant `base32`, expected one of `binary`, `base64`, \
+                 `base58`, `json`, `jsonParsed`."
+                    .into(),
+            ),
+            (
+                decode(&"1".repeat(1684), Encoding::Base58),
+                format!("base58 encoded {name} too large: 1684 bytes (max: encoded/raw 1683/1232)"),
+            ),
+            (
+                decode(&"A".repeat(1648), Encoding::Base64),
+                format!("base64 encoded {name} too large: 1648 bytes (max: encoded/raw 1644/1232)"),
+            ),
+            (
+                decode("0OIl", Encoding::Base58),
+                "invalid base58 encoding: InvalidCharacter { character: '0', index: 0 }".into(),
+            ),
+            (
+                decode("!!!!", Encoding::Base64),
+                "invalid base64 encoding: InvalidByte(0, 33)".into(),
+            ),
+            (
+                validate(vec![1; 1233], false).map(|_| vec![]),
+                format!("decoded {name} too large: 1233 bytes (max: 1232 bytes)"),
+            ),
+            (
+                validate(vec![0xff; 1230], false).map(|_| vec![]),
+                format!(
+                    "failed to deserialize {name}: invalid value: continue signal on byte-three, \
+                     expected a terminal signal on or before byte-three"
+                ),
+            ),
+            (
+                validate(no_signatures, false).map(|_| vec![]),
+                "invalid transaction: Transaction failed to sanitize accounts offsets correctly"
+                    .into(),
+            ),
+        ];
+        for (result, message) in cases {
+            assert_eq!(result.unwrap_err().to_string(), message);
+        }
     }
 }

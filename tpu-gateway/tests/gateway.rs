@@ -7,8 +7,7 @@
     reason = "test code: a failure should stop it loudly"
 )]
 
-#[path = "../../afterburner-xdp/tests/support/mod.rs"]
-mod support;
+use afterburner_test_support as support;
 
 use std::time::Duration;
 

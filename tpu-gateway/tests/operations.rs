@@ -15,8 +15,7 @@
     reason = "test code: a failure should stop it loudly"
 )]
 
-#[path = "../../afterburner-xdp/tests/support/mod.rs"]
-mod support;
+use afterburner_test_support as support;
 
 use std::{
     collections::BTreeSet,
@@ -510,7 +509,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_rule_expression() {
     let tracking_scrape = scrape(tracking.metrics_addr).await;
     tracking.shutdown().await;
     known.extend(exported(&tracking_scrape));
-    let xdp_checked = if unsafe { libc::geteuid() } == 0 {
+    let xdp_checked = if support::netns::is_root() {
         known.extend(
             tokio::task::spawn_blocking(xdp_gateway_names)
                 .await

@@ -402,8 +402,8 @@ impl XdpIo {
         let st = &self.stats;
         for (counter, v) in [
             &st.rx_dropped,
-            &st.rx_invalid_descs,
-            &st.tx_invalid_descs,
+            &st.invalid_descs[0],
+            &st.invalid_descs[1],
             &st.rx_ring_full,
             &st.fill_ring_empty,
             &st.tx_ring_empty,

@@ -8,6 +8,8 @@
 
 use std::net::SocketAddrV4;
 
+pub use afterburner_common::COUNTER_LABELS;
+use afterburner_common::{COUNTERS_MAP, PORTS_MAP, PROGRAM_NAME, XSKS_MAP};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray, XskMap},
@@ -17,18 +19,7 @@ use aya::{
 /// The checked-in object (see `cargo xtask ebpf`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/afterburner_xdp.o");
 
-const PROGRAM: &str = "afterburner_xdp";
-
-/// Verdict counters kept by the program, in its slot order.
-pub const COUNTER_LABELS: [&str; 7] = [
-    "redirected",
-    "pass_not_ipv4",
-    "pass_ip_options_or_fragment",
-    "pass_not_udp",
-    "pass_not_ours",
-    "pass_no_socket",
-    "pass_truncated",
-];
+const PROGRAM: &str = PROGRAM_NAME;
 
 /// How the program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,13 +141,13 @@ impl SteeringProgram {
             mode: AttachMode::Generic,
             reason: "no attach mode allowed".into(),
         })?;
-        let xsks = take(&mut ebpf, "XSKS")?;
-        let ports = take(&mut ebpf, "PORTS")?;
-        let counters = take(&mut ebpf, "COUNTERS")?;
+        let xsks = take(&mut ebpf, XSKS_MAP)?;
+        let ports = take(&mut ebpf, PORTS_MAP)?;
+        let counters = take(&mut ebpf, COUNTERS_MAP)?;
         Ok(Self {
-            xsks: XskMap::try_from(xsks).map_err(map_err("XSKS"))?,
-            ports: HashMap::try_from(ports).map_err(map_err("PORTS"))?,
-            counters: PerCpuArray::try_from(counters).map_err(map_err("COUNTERS"))?,
+            xsks: XskMap::try_from(xsks).map_err(map_err(XSKS_MAP))?,
+            ports: HashMap::try_from(ports).map_err(map_err(PORTS_MAP))?,
+            counters: PerCpuArray::try_from(counters).map_err(map_err(COUNTERS_MAP))?,
             mode,
             _ebpf: ebpf,
         })
@@ -174,7 +165,7 @@ impl SteeringProgram {
     pub fn add_socket_addr(&mut self, addr: SocketAddrV4) -> Result<(), ProgramError> {
         self.ports
             .insert(port_key(addr), 1, 0)
-            .map_err(map_err("PORTS"))
+            .map_err(map_err(PORTS_MAP))
     }
 
     /// Registers the AF_XDP socket of RX queue `queue`.
@@ -186,7 +177,7 @@ impl SteeringProgram {
         queue: u32,
         socket: impl std::os::fd::AsRawFd,
     ) -> Result<(), ProgramError> {
-        self.xsks.set(queue, socket, 0).map_err(map_err("XSKS"))
+        self.xsks.set(queue, socket, 0).map_err(map_err(XSKS_MAP))
     }
 
     /// The program's verdict counters, summed over CPUs, in [`COUNTER_LABELS`] order.
@@ -199,16 +190,16 @@ impl SteeringProgram {
             let per_cpu = self
                 .counters
                 .get(&(i as u32), 0)
-                .map_err(map_err("COUNTERS"))?;
+                .map_err(map_err(COUNTERS_MAP))?;
             *slot = per_cpu.iter().sum();
         }
         Ok(out)
     }
 }
 
-/// The `PORTS` key for an address: `(IPv4 << 16) | port`, host order (as the program builds it).
+/// The `PORTS` key for an address ([`afterburner_common::port_key`], as the program builds it).
 pub fn port_key(addr: SocketAddrV4) -> u64 {
-    (u64::from(u32::from(*addr.ip())) << 16) | u64::from(addr.port())
+    afterburner_common::port_key(u32::from(*addr.ip()), addr.port())
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProgramError> {
@@ -257,7 +248,7 @@ mod tests {
     fn the_checked_in_object_holds_the_program_and_maps() {
         let obj = aya_obj::Object::parse(OBJECT).unwrap();
         assert!(obj.programs.contains_key(PROGRAM));
-        for map in ["XSKS", "PORTS", "COUNTERS"] {
+        for map in afterburner_common::MAP_NAMES {
             assert!(obj.maps.contains_key(map), "{map}");
         }
     }

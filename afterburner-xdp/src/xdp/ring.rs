@@ -97,9 +97,18 @@ impl<T: Copy> Producer<T> {
 
     /// Writes one entry (not visible until [`Self::publish`]). The caller checked
     /// [`Self::free`].
+    ///
+    /// # Panics
+    /// When the ring is full as of the last consumer read: writing would overwrite
+    /// an entry the other end (the kernel) may be reading. Checked in every build:
+    /// one compare, and the alternative is memory the kernel owns.
     pub(crate) fn push(&mut self, value: T) {
-        debug_assert!(self.head.wrapping_sub(self.cached_consumer) < self.mem.size);
-        // SAFETY: the slot is free (checked by the caller), so the other end is not reading it.
+        assert!(
+            self.head.wrapping_sub(self.cached_consumer) < self.mem.size,
+            "AF_XDP ring push without room: a bug in the caller's free() check"
+        );
+        // SAFETY: the slot is free (checked just above against the consumer index the
+        // caller's `free` read), so the other end is not reading it.
         unsafe { self.mem.slot(self.head).write(value) };
         self.head = self.head.wrapping_add(1);
     }
@@ -151,11 +160,19 @@ impl<T: Copy> Consumer<T> {
         self.cached_producer.wrapping_sub(self.tail)
     }
 
-    /// Reads the next entry; the caller checked [`Self::available`]. Its slot stays
-    /// ours until [`Self::release`].
+    /// Reads entry `i` past the next; the caller checked [`Self::available`]. Its
+    /// slot stays ours until [`Self::release`].
+    ///
+    /// # Panics
+    /// When entry `i` was not published (as of the last producer read): it may be
+    /// being written by the other end. Checked in every build, as [`Producer::push`].
     pub(crate) fn peek(&mut self, i: u32) -> T {
-        debug_assert!(i < self.cached_producer.wrapping_sub(self.tail));
-        // SAFETY: the entry was published by the producer and not yet released by us.
+        assert!(
+            i < self.cached_producer.wrapping_sub(self.tail),
+            "AF_XDP ring peek past the published entries: a bug in the caller's available() check"
+        );
+        // SAFETY: the entry was published by the producer (checked just above) and not
+        // yet released by us.
         unsafe { self.mem.slot(self.tail.wrapping_add(i)).read() }
     }
 

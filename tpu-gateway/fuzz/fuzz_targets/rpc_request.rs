@@ -5,13 +5,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tpu_gateway::rpc::{self, RpcError, SendRequest, Sender};
+use tpu_gateway::rpc::{self, SendError, SendRequest, Sender};
 
 /// Accepts everything that validates (as the service would, without sending).
 struct Accepting;
 
 impl Sender for Accepting {
-    fn send(&self, request: SendRequest) -> Result<String, RpcError> {
+    fn send(&self, request: SendRequest) -> Result<String, SendError> {
         Ok(request.tx.signature.to_string())
     }
     fn verify_signatures(&self) -> bool {
@@ -20,18 +20,20 @@ impl Sender for Accepting {
     fn health(&self) -> Result<(), String> {
         Ok(())
     }
-    fn preflight(&self, _: &SendRequest) -> Result<(), RpcError> {
+    fn preflight(&self, _: &SendRequest) -> Result<(), SendError> {
         Ok(())
     }
 }
 
 fuzz_target!(|data: &[u8]| {
     let response = rpc::handle_body(data, &Accepting, std::time::Instant::now());
+    let calls = response.calls.len();
     if let Some(body) = response.body {
         let items = match body {
             serde_json::Value::Array(items) => items,
             one => vec![one],
         };
+        assert!(items.len() <= calls, "every answer is a recorded call");
         for item in items {
             assert_eq!(item["jsonrpc"], "2.0");
             assert!(item.get("result").is_some() != item.get("error").is_some());

@@ -11,8 +11,7 @@
     reason = "test code: a failure should stop it loudly"
 )]
 
-#[path = "../../../afterburner-xdp/tests/support/netns.rs"]
-mod netns;
+use afterburner_test_support::netns;
 
 use std::{
     io::{BufRead, BufReader},

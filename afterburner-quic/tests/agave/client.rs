@@ -8,11 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use afterburner_xdp::{
-    EngineConfig, EngineHandle, Identity, Outcome, OutcomeKind, io::PacketIo, udp::UdpIo,
-};
-
-use super::{AgaveServer, payload};
+use afterburner_quic::{EngineConfig, EngineHandle, Identity, Outcome, OutcomeKind};
+use afterburner_test_support::{AgaveServer, payload};
+use afterburner_xdp::{io::PacketIo, udp::UdpIo};
 
 /// An engine with outcomes collected.
 pub struct Client {

@@ -1,4 +1,5 @@
-//! `cargo xtask bench-xdp`: the AF_XDP benchmark on a veth pair (needs root).
+//! `bench-xdp [--txs N] [--pairs P] [--raw N] [--no-rps]`: the AF_XDP benchmark on a
+//! veth pair (needs root).
 //!
 //! agave's TPU QUIC server runs in one namespace (pinned to CPU 0); each sender runs
 //! in the other namespace, pinned to CPU 1, in its own process, in rotating order:
@@ -16,11 +17,31 @@
 //! softirq and is billed to it; by default RPS moves it to the receiver's CPU
 //! (`--no-rps` measures the other way).
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
+use afterburner_test_support::netns;
 use anyhow::{Context, Result, bail};
 
-use super::{Peer, RemoveOnDrop, bench_run_cmd, cargo, field, median, netns, run, target_dir};
+use crate::{
+    bench::{Peer, RemoveOnDrop, bench_run_cmd, build_engine_bench, field, median},
+    util::{positive, run},
+};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Signed transfers per QUIC run.
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = positive)]
+    txs: usize,
+    /// Rounds, each running every sender once (the order rotates).
+    #[arg(long, value_name = "P", default_value_t = 5, value_parser = positive)]
+    pairs: usize,
+    /// 1200-byte datagrams per raw AF_XDP run.
+    #[arg(long, value_name = "N", default_value_t = 200_000, value_parser = positive)]
+    raw: usize,
+    /// No RPS on the receiver's veth: its protocol work is billed to the sender.
+    #[arg(long)]
+    no_rps: bool,
+}
 
 const KINDS: [&str; 4] = [
     "raw-af-xdp",
@@ -54,54 +75,33 @@ fn udp_in(ns: &str) -> Result<u64> {
     Ok(values.split_whitespace().nth(i).context("value")?.parse()?)
 }
 
-fn in_ns(ns: &str, cpu: &str, bin: &PathBuf) -> Command {
+fn in_ns(ns: &str, cpu: &str, bin: &Path) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns, "taskset", "-c", cpu]).arg(bin);
     c
 }
 
-pub(crate) fn bench_xdp(args: &[String]) -> Result<()> {
-    let mut txs: usize = 20_000;
-    let mut pairs: usize = 5;
-    let mut raw: usize = 200_000;
-    let mut rps = true;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || -> Result<usize> { Ok(it.next().context("missing value")?.parse()?) };
-        match a.as_str() {
-            "--txs" => txs = value()?,
-            "--pairs" => pairs = value()?,
-            "--raw" => raw = value()?,
-            "--no-rps" => rps = false,
-            other => bail!("unknown bench-xdp argument {other}"),
-        }
+impl Args {
+    pub(crate) fn run(self) -> Result<()> {
+        bench_xdp(self)
     }
-    if txs == 0 || pairs == 0 || raw == 0 {
-        bail!("--txs, --pairs and --raw must be positive");
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+}
+
+fn bench_xdp(args: Args) -> Result<()> {
+    let Args {
+        txs,
+        pairs,
+        raw,
+        no_rps,
+    } = args;
+    let rps = !no_rps;
+    if !netns::is_root() {
         bail!("bench-xdp needs root (network namespaces, XDP)");
     }
-    eprintln!("building the benchmark (release)…");
-    let mut build = cargo();
-    build.args([
-        "build",
-        "--release",
-        "-p",
-        "afterburner-xdp",
-        "--example",
-        "tpu_bench_server",
-        "--example",
-        "tpu_bench_client",
-    ]);
-    run(build)?;
-    let examples = target_dir().join("release/examples");
-    let server_bin = examples.join("tpu_bench_server");
-    let client_bin = examples.join("tpu_bench_client");
+    let (server_bin, client_bin) = build_engine_bench()?;
 
     let dir = std::env::temp_dir().join(format!("afterburner-bench-xdp-{}", std::process::id()));
-    let mut prep = std::process::Command::new(&client_bin);
+    let mut prep = Command::new(&client_bin);
     prep.arg("prepare").arg(&dir).arg(txs.to_string());
     run(prep)?;
     let _dir_guard = RemoveOnDrop(dir.clone());
@@ -167,7 +167,7 @@ pub(crate) fn bench_xdp(args: &[String]) -> Result<()> {
                 let mut peer = Peer::spawn("raw", cmd)?;
                 let start: u64 = field(&peer.expect("start", Duration::from_secs(30))?, 1)?;
                 let report = peer.expect("cpu_us", Duration::from_secs(120))?;
-                let _ = peer.child.wait();
+                peer.wait();
                 let cpu: f64 = field(&report, 1)?;
                 let end: u64 = field(&report, 5)?;
                 // Let the receiving softirq finish what is in flight.

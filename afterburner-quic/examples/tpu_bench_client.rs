@@ -17,9 +17,6 @@
     reason = "test and benchmark code: a failure should stop it loudly"
 )]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::{
     io::{Read, Write},
     net::SocketAddr,
@@ -30,8 +27,9 @@ use std::{
     },
 };
 
+use afterburner_quic::{EngineConfig, EngineHandle, Identity, OutcomeKind, Submission};
+use afterburner_test_support as support;
 use afterburner_xdp::{
-    EngineConfig, EngineHandle, Identity, OutcomeKind, Submission,
     batch::TxBatch,
     io::{IoCounters, PacketIo},
     udp::UdpIo,
@@ -176,7 +174,7 @@ fn run_afterburner(
     };
     let sent = Arc::new(AtomicU64::new(0));
     let counter = sent.clone();
-    let engine = EngineHandle::spawn(config, identity, io, move |o: afterburner_xdp::Outcome| {
+    let engine = EngineHandle::spawn(config, identity, io, move |o: afterburner_quic::Outcome| {
         if o.kind == OutcomeKind::Sent {
             counter.fetch_add(1, Ordering::Relaxed);
         }

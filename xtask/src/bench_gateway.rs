@@ -1,4 +1,4 @@
-//! `cargo xtask bench-gateway`: the gateway's ingress throughput and latency.
+//! `bench-gateway [--rounds N]`: the gateway's ingress throughput and latency.
 //!
 //! 1. Ingress: wrk (2 threads, 32 connections, 8 s) posts distinct pre-signed
 //!    `sendTransaction` bodies to the gateway (in-process with agave's TPU server as
@@ -16,7 +16,24 @@ use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
 
-use super::{Peer, RemoveOnDrop, cargo, field, median, run, target_dir};
+use crate::{
+    bench::{Peer, RemoveOnDrop, field, median},
+    util::{cargo, run, target_dir},
+};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Ingress rounds (wrk against the no-op, then the gateway with and without
+    /// signature verification).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    rounds: usize,
+}
+
+impl Args {
+    pub(crate) fn run(self) -> Result<()> {
+        bench_gateway(self.rounds)
+    }
+}
 
 const WRK_LUA: &str = r#"
 local bodies = {}
@@ -68,15 +85,7 @@ fn wrk(url: &str, script: &Path, bodies: &Path, secs: u64) -> Result<f64> {
     Ok(line.split_whitespace().nth(1).context("rate")?.parse()?)
 }
 
-pub(crate) fn bench_gateway(args: &[String]) -> Result<()> {
-    let mut rounds = 3usize;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--rounds" => rounds = it.next().context("--rounds needs a value")?.parse()?,
-            other => bail!("unknown bench-gateway argument {other}"),
-        }
-    }
+fn bench_gateway(rounds: usize) -> Result<()> {
     eprintln!("building the benchmark (release)…");
     let mut build = cargo();
     build.args([

@@ -10,7 +10,7 @@
 use std::{
     io,
     net::SocketAddr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::OwnedFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering, fence},
@@ -20,13 +20,17 @@ use std::{
 };
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd, poll};
+
+use afterburner_xdp::{
+    batch::{RxBatch, TxBatch},
+    io::{IoCounters, PacketIo},
+};
 
 use crate::{
-    batch::{RxBatch, TxBatch},
     config::EngineConfig,
     engine::{ConnectionInfo, Engine, EngineError, check_payload},
     identity::Identity,
-    io::{IoCounters, PacketIo},
     outcome::{DropReason, Outcome},
     stats::EngineStats,
 };
@@ -93,14 +97,8 @@ struct Waker {
 
 impl Waker {
     fn new() -> io::Result<Self> {
-        // SAFETY: plain syscall; the fd is owned below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Self {
-            // SAFETY: fd is a fresh descriptor we own.
-            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            eventfd: eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?,
             sleeping: AtomicBool::new(false),
         })
     }
@@ -111,16 +109,15 @@ impl Waker {
         // engine sees our queued command.
         fence(Ordering::SeqCst);
         if self.sleeping.load(Ordering::Relaxed) {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a live u64. A full counter (EAGAIN) still wakes.
-            unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            // A full counter (EAGAIN) still wakes: nothing to handle.
+            let _ = rustix::io::write(&self.eventfd, &1u64.to_ne_bytes());
         }
     }
 
     fn drain(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64; non-blocking.
-        unsafe { libc::read(self.eventfd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        let mut v = [0u8; 8];
+        // Non-blocking; an empty counter (EAGAIN) means nothing to drain.
+        let _ = rustix::io::read(&self.eventfd, &mut v);
     }
 }
 
@@ -494,42 +491,28 @@ impl<I: PacketIo, S: OutcomeSink> Driver<I, S> {
         }
         let timeout = self.engine.next_timeout().map(|t| {
             let d = t.saturating_duration_since(Instant::now());
-            libc::timespec {
-                tv_sec: d.as_secs() as libc::time_t,
-                tv_nsec: d.subsec_nanos() as libc::c_long,
+            Timespec {
+                tv_sec: d.as_secs().try_into().unwrap_or(i64::MAX),
+                tv_nsec: d.subsec_nanos().into(),
             }
         });
+        let io_events = PollFlags::IN
+            | if blocked {
+                PollFlags::OUT
+            } else {
+                PollFlags::empty()
+            };
         let mut fds = [
-            libc::pollfd {
-                fd: self.io.pollable().as_raw_fd(),
-                events: libc::POLLIN | if blocked { libc::POLLOUT } else { 0 },
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.waker.eventfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            PollFd::from_borrowed_fd(self.io.pollable(), io_events),
+            PollFd::new(&self.waker.eventfd, PollFlags::IN),
         ];
-        // SAFETY: fds and the optional timespec are live for the call.
-        let rc = unsafe {
-            libc::ppoll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                timeout
-                    .as_ref()
-                    .map_or(std::ptr::null(), |t| t as *const libc::timespec),
-                std::ptr::null(),
-            )
-        };
+        let polled = poll(&mut fds, timeout.as_ref());
         self.waker.sleeping.store(false, Ordering::Relaxed);
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EINTR) {
-                return Err(err);
-            }
+        match polled {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
-        if fds[1].revents & libc::POLLIN != 0 {
+        if fds[1].revents().contains(PollFlags::IN) {
             self.waker.drain();
         }
         Ok(())

@@ -11,8 +11,7 @@
     reason = "test and benchmark code: a failure should stop it loudly"
 )]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use afterburner_test_support as support;
 
 use std::{
     io::{BufRead, Write},

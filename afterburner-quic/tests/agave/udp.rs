@@ -1,20 +1,14 @@
-//! The engine against agave's own TPU QUIC server (`solana-streamer` 3.1), started in
-//! this process on loopback. No mocks: the server, its QoS and its stream rules are
-//! agave's.
-#![allow(
-    clippy::unwrap_used,
-    reason = "test and benchmark code: a failure should stop it loudly"
-)]
-
-mod support;
+//! The engine over kernel UDP against agave's TPU QUIC server on loopback.
 
 use std::{
     net::UdpSocket,
     time::{Duration, Instant},
 };
 
-use afterburner_xdp::{DropReason, EngineConfig, Identity, OutcomeKind};
-use support::{AgaveServer, client::Client, payload};
+use afterburner_quic::{DropReason, EngineConfig, Identity, OutcomeKind};
+use afterburner_test_support::{AgaveServer, payload};
+
+use crate::client::{self, Client};
 
 const LOCALHOST_ANY: &str = "127.0.0.1:0";
 
@@ -28,7 +22,7 @@ fn staked_identity_delivers_20k_byte_identical() {
         &[(identity.pubkey(), 1_000_000)],
     );
     let client = Client::start(&identity, EngineConfig::default());
-    support::client::staked_delivery(&client, &server, 20_000);
+    client::staked_delivery(&client, &server, 20_000);
 }
 
 /// Random (unstaked) certificate: 128 streams, packets not flagged staked, delivery
@@ -136,7 +130,7 @@ fn reconnects_after_server_restart() {
         ..EngineConfig::default()
     };
     let client = Client::start(&identity, config);
-    support::client::reconnects_after_restart(&client, LOCALHOST_ANY.parse().unwrap(), |addr| {
+    client::reconnects_after_restart(&client, LOCALHOST_ANY.parse().unwrap(), |addr| {
         AgaveServer::start(addr, &stakes)
     });
 }

@@ -1,12 +1,11 @@
 //! Test topology: two network namespaces joined by a veth pair, with addresses that
 //! exist only inside them. Created by the test, torn down on drop (so also when the
-//! test fails and unwinds). Shared with `cargo xtask netns` through `#[path]`.
+//! test fails and unwinds). Also behind `./x netns`.
 //!
 //! ```text
 //!   ns <name>-srv                     ns <name>-cli
 //!   abs0 10.77.0.1/24  <-- veth -->   abc0 10.77.0.2/24
 //! ```
-#![allow(dead_code, reason = "each user takes a different subset")]
 
 use std::{
     io,
@@ -140,8 +139,7 @@ pub fn sweep() {
 /// Whether this process may create namespaces and attach XDP. Under `CI=true` it
 /// must: the test fails rather than skip. Elsewhere a test skips with the reason.
 pub fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if is_root() {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -149,6 +147,11 @@ pub fn root_or_skip(test: &str) -> bool {
     }
     eprintln!("SKIPPED {test}: needs root (network namespaces, XDP)");
     false
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
 }
 
 /// Runs `f` on a new thread that has entered network namespace `ns` (the namespace

@@ -1,14 +1,5 @@
-//! Test support: agave's real TPU QUIC server (`solana-streamer` 3.1) on loopback,
-//! and transaction generators. Shared by the integration tests and the benchmark
-//! examples (through `#[path]`).
-#![allow(dead_code, reason = "each test binary uses a different subset")]
-#![allow(
-    clippy::unwrap_used,
-    reason = "test code: a failure should stop it loudly"
-)]
-
-pub mod client;
-pub mod netns;
+//! agave's real TPU QUIC server (`solana-streamer` 3.1), in this process: what the
+//! engine's conformance tests and benchmarks send to.
 
 use std::{
     collections::HashMap,
@@ -19,14 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use solana_sdk::{
-    hash::Hash,
-    instruction::{AccountMeta, Instruction},
-    pubkey::Pubkey,
-    signature::Keypair,
-    signer::Signer,
-    transaction::Transaction,
-};
+use solana_sdk::{pubkey::Pubkey, signature::Keypair};
 use solana_streamer::{
     nonblocking::swqos::SwQosConfig,
     quic::{QuicStreamerConfig, spawn_server_with_cancel},
@@ -43,6 +27,10 @@ pub struct Delivered {
 }
 
 /// agave's TPU QUIC server, running in this process.
+#[expect(
+    missing_debug_implementations,
+    reason = "holds the server's threads and channels; nothing to print"
+)]
 pub struct AgaveServer {
     pub addr: SocketAddr,
     cancel: CancellationToken,
@@ -173,57 +161,4 @@ impl Drop for AgaveServer {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// A distinct payload of `len` bytes carrying `id` (not a transaction: the TPU server
-/// does not parse what it delivers, and varied sizes exercise stream framing).
-/// `len` is at least 8: the id prefix is what keeps payloads distinct.
-pub fn payload(id: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len.max(8)];
-    v[..8].copy_from_slice(&id.to_le_bytes());
-    for (i, b) in v.iter_mut().enumerate().skip(8) {
-        *b = (id as u8) ^ (i as u8);
-    }
-    v
-}
-
-/// `n` real, signed system transfers (wire format, ~215 bytes each), all distinct.
-pub fn signed_transfers(payer: &Keypair, n: usize) -> Vec<Vec<u8>> {
-    let to = Pubkey::new_unique();
-    let blockhash = Hash::new_unique();
-    (0..n as u64)
-        .map(|i| {
-            // SystemInstruction::Transfer = 2, then lamports (u64 LE).
-            let mut data = vec![2, 0, 0, 0];
-            data.extend_from_slice(&(1 + i).to_le_bytes());
-            let ix = Instruction {
-                // The system program id is all zeros ("111…1").
-                program_id: Pubkey::default(),
-                accounts: vec![
-                    AccountMeta::new(payer.pubkey(), true),
-                    AccountMeta::new(to, false),
-                ],
-                data,
-            };
-            let tx = Transaction::new_signed_with_payer(
-                &[ix],
-                Some(&payer.pubkey()),
-                &[payer],
-                blockhash,
-            );
-            bincode::serialize(&tx).expect("serialize transaction")
-        })
-        .collect()
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: comparable across processes (the benchmark's
-/// client and server), unlike `Instant`.
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes into a live timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
