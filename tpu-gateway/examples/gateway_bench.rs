@@ -146,7 +146,7 @@ async fn serve(listen: &str, verify: bool) -> Result<()> {
     let m = rig.gateway.service.metrics();
     println!(
         "accepted {} duplicates {} delivered {}",
-        m.accepted.get(),
+        m.accounting.snapshot().accepted,
         m.duplicates.get(),
         rig.server.delivered_count()
     );

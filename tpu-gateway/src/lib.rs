@@ -256,13 +256,12 @@ impl Gateway {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
-        let m = self.service.metrics();
-        let dropped = m.dropped_total();
+        let a = self.service.metrics().accounting.snapshot();
         tracing::info!(
-            accepted = m.accepted.get(),
-            sent = m.sent.get(),
-            dropped,
-            in_flight = m.in_flight.get(),
+            accepted = a.accepted,
+            sent = a.sent,
+            dropped = a.dropped_total(),
+            in_flight = a.in_flight,
             "final accounting"
         );
     }

@@ -8,7 +8,7 @@
 //! Conventions: one `afterburner_` prefix, counters end in `_total`, durations are
 //! `_seconds` histograms, labels take values from fixed sets.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use afterburner_quic::{DropReason, EngineStats};
 use afterburner_stats::Kind;
@@ -26,6 +26,155 @@ use crate::rpc::RejectReason;
 /// Gateway-level reasons a transaction is dropped (beside the engine's).
 pub const GATEWAY_DROP_REASONS: [&str; 1] = ["no_leader"];
 
+/// Why an accepted transaction's first send reached no leader: the engine's reasons,
+/// then the gateway's ([`GATEWAY_DROP_REASONS`]).
+pub const FIRST_DROP_LABELS: [&str; DropReason::LABELS.len() + GATEWAY_DROP_REASONS.len()] = {
+    let mut out = [""; DropReason::LABELS.len() + GATEWAY_DROP_REASONS.len()];
+    let mut i = 0;
+    while i < DropReason::LABELS.len() {
+        out[i] = DropReason::LABELS[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < GATEWAY_DROP_REASONS.len() {
+        out[i + j] = GATEWAY_DROP_REASONS[j];
+        j += 1;
+    }
+    out
+};
+
+/// The first-send accounting that must add up: accepted = sent + dropped + in
+/// flight. Each transition updates it under one lock and a scrape copies it under
+/// the same lock, so no scrape shows a transaction in two states or in none (with
+/// separate counters a scrape could land between "in flight -1" and "sent +1").
+#[derive(Debug, Default)]
+pub struct Accounting(Mutex<AccountingSnapshot>);
+
+/// A consistent copy of [`Accounting`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountingSnapshot {
+    /// Transactions accepted (validated, not a duplicate, queued).
+    pub accepted: u64,
+    /// Accepted transactions whose first send reached at least one leader.
+    pub sent: u64,
+    /// Accepted transactions whose first send reached no leader, by reason
+    /// ([`FIRST_DROP_LABELS`] order).
+    pub dropped: [u64; FIRST_DROP_LABELS.len()],
+    /// Accepted transactions whose first send has no outcome yet.
+    pub in_flight: u64,
+}
+
+impl Accounting {
+    fn with(&self, f: impl FnOnce(&mut AccountingSnapshot)) {
+        // The counts stay meaningful even if a holder panicked: keep counting.
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// A transaction was accepted: in flight until its first send is done.
+    pub fn accept(&self) {
+        self.with(|a| {
+            a.accepted += 1;
+            a.in_flight += 1;
+        });
+    }
+
+    /// A transaction's first send is done: sent, or dropped for `reason` (one of
+    /// [`FIRST_DROP_LABELS`]).
+    pub fn first_send_done(&self, result: Result<(), &str>) {
+        self.with(|a| {
+            a.in_flight = a.in_flight.saturating_sub(1);
+            match result {
+                Ok(()) => a.sent += 1,
+                Err(reason) => {
+                    let i = FIRST_DROP_LABELS.iter().position(|l| *l == reason);
+                    debug_assert!(i.is_some(), "unknown drop reason {reason}");
+                    // An unknown label is a bug; still count the transaction.
+                    a.dropped[i.unwrap_or(FIRST_DROP_LABELS.len() - 1)] += 1;
+                }
+            }
+        });
+    }
+
+    /// A consistent copy.
+    pub fn snapshot(&self) -> AccountingSnapshot {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl AccountingSnapshot {
+    /// Dropped, all reasons together.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    /// The exported families (names and help as declared here, once).
+    fn families(&self) -> Vec<afterburner_stats::Family> {
+        use afterburner_stats::Family;
+        let one = |name, help, kind, v| Family {
+            name,
+            help,
+            kind,
+            series: vec![(None, v)],
+            label: None,
+        };
+        vec![
+            one(
+                "afterburner_transactions_accepted_total",
+                "Transactions accepted",
+                Kind::Counter,
+                self.accepted,
+            ),
+            one(
+                "afterburner_transactions_sent_total",
+                "Accepted transactions whose first send reached at least one leader",
+                Kind::Counter,
+                self.sent,
+            ),
+            Family {
+                name: "afterburner_transactions_dropped_total",
+                help: "Accepted transactions whose first send reached no leader, by reason",
+                kind: Kind::Counter,
+                series: FIRST_DROP_LABELS
+                    .iter()
+                    .zip(self.dropped)
+                    .map(|(l, v)| (Some(*l), v))
+                    .collect(),
+                label: Some("reason"),
+            },
+            one(
+                "afterburner_transactions_in_flight",
+                "Accepted transactions whose first send has no outcome yet",
+                Kind::Gauge,
+                self.in_flight,
+            ),
+        ]
+    }
+}
+
+/// Exports [`Accounting`] from one snapshot per scrape.
+struct AccountingCollector {
+    accounting: Arc<Accounting>,
+    desc: Desc,
+}
+
+impl Collector for AccountingCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.accounting
+            .snapshot()
+            .families()
+            .iter()
+            .map(family)
+            .collect()
+    }
+}
+
 /// How tracked transactions leave the retry set.
 pub const RETIRE_STATES: [&str; 4] = ["landed", "expired", "retries_exhausted", "shutdown"];
 
@@ -36,18 +185,12 @@ pub struct Metrics {
     pub registry: Registry,
     /// JSON-RPC calls by method and result code ("ok" or the error code).
     pub rpc_requests: IntCounterVec,
-    /// Transactions accepted (validated, not a duplicate, queued).
-    pub accepted: IntCounter,
+    /// accepted = sent + dropped + in flight, updated and exported as one.
+    pub accounting: Arc<Accounting>,
     /// Duplicates answered without a second send.
     pub duplicates: IntCounter,
     /// Transactions refused, by reason ([`RejectReason`]).
     pub rejected: IntCounterVec,
-    /// Accepted transactions whose first send reached at least one leader.
-    pub sent: IntCounter,
-    /// Accepted transactions whose first send reached no leader, by reason.
-    pub dropped: IntCounterVec,
-    /// Accepted transactions whose first send has no outcome yet.
-    pub in_flight: IntGauge,
     /// Per-leader send attempts by outcome ("sent" or a drop reason).
     pub sends: IntCounterVec,
     /// Rebroadcasts.
@@ -73,19 +216,6 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Transactions dropped, all reasons together.
-    pub fn dropped_total(&self) -> u64 {
-        self.dropped
-            .collect()
-            .iter()
-            .flat_map(|f| {
-                f.get_metric()
-                    .iter()
-                    .map(|m| m.get_counter().get_value() as u64)
-            })
-            .sum()
-    }
-
     /// Registers everything, plus `afterburner_build_info`.
     ///
     /// # Errors
@@ -102,10 +232,7 @@ impl Metrics {
                 "JSON-RPC calls by method and result",
                 &["method", "result"],
             )?,
-            accepted: counter(
-                "afterburner_transactions_accepted_total",
-                "Transactions accepted",
-            )?,
+            accounting: Arc::default(),
             duplicates: counter(
                 "afterburner_transactions_duplicate_total",
                 "Duplicates answered without a second send",
@@ -114,19 +241,6 @@ impl Metrics {
                 "afterburner_transactions_rejected_total",
                 "Transactions refused, by reason",
                 &["reason"],
-            )?,
-            sent: counter(
-                "afterburner_transactions_sent_total",
-                "Accepted transactions whose first send reached at least one leader",
-            )?,
-            dropped: counter_vec(
-                "afterburner_transactions_dropped_total",
-                "Accepted transactions whose first send reached no leader, by reason",
-                &["reason"],
-            )?,
-            in_flight: IntGauge::new(
-                "afterburner_transactions_in_flight",
-                "Accepted transactions whose first send has no outcome yet",
             )?,
             sends: counter_vec(
                 "afterburner_sends_total",
@@ -183,12 +297,17 @@ impl Metrics {
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
             Box::new(m.rpc_requests.clone()) as Box<dyn Collector>,
-            Box::new(m.accepted.clone()),
+            Box::new(AccountingCollector {
+                accounting: m.accounting.clone(),
+                desc: Desc::new(
+                    "afterburner_transactions_accepted_total".into(),
+                    "the first-send accounting".into(),
+                    vec![],
+                    Default::default(),
+                )?,
+            }),
             Box::new(m.duplicates.clone()),
             Box::new(m.rejected.clone()),
-            Box::new(m.sent.clone()),
-            Box::new(m.dropped.clone()),
-            Box::new(m.in_flight.clone()),
             Box::new(m.sends.clone()),
             Box::new(m.retries.clone()),
             Box::new(m.retired.clone()),
@@ -208,8 +327,7 @@ impl Metrics {
         for r in RejectReason::iter() {
             m.rejected.with_label_values(&[r.label()]);
         }
-        for r in DropReason::LABELS.iter().chain(GATEWAY_DROP_REASONS.iter()) {
-            m.dropped.with_label_values(&[r]);
+        for r in FIRST_DROP_LABELS {
             m.sends.with_label_values(&[r]);
         }
         m.sends.with_label_values(&["sent"]);
@@ -307,5 +425,137 @@ impl Collector for SourcesCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         self.families().iter().map(family).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, time::Duration};
+
+    use prometheus::Encoder as _;
+
+    use super::*;
+
+    /// `# TYPE` of every family in the text a scrape returns, and its series count.
+    fn scrape(m: &Metrics) -> HashMap<String, (String, usize)> {
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&m.registry.gather(), &mut text)
+            .expect("encode");
+        let text = String::from_utf8(text).expect("utf-8");
+        let mut out: HashMap<String, (String, usize)> = HashMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut w = rest.split_whitespace();
+                if let (Some(name), Some(kind)) = (w.next(), w.next()) {
+                    out.insert(name.into(), (kind.into(), 0));
+                }
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap_or_default();
+                if let Some(f) = out.get_mut(name) {
+                    f.1 += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Every counter declared in the engine, the AF_XDP backend and the tracker is in
+    /// a scrape, with its kind and every label value; among them the 13 that were once
+    /// collected but never exported.
+    #[test]
+    fn every_declared_counter_is_exported() {
+        let m = Metrics::new().expect("metrics");
+        let engine = Arc::new(EngineStats::default());
+        let xdp = Arc::new(XdpStats::default());
+        let tracker = Arc::new(TrackerStats::default());
+        m.register_sources(engine.clone(), Some(xdp.clone()), Some(tracker.clone()))
+            .expect("register");
+        let scraped = scrape(&m);
+        let declared = engine
+            .snapshot()
+            .families()
+            .into_iter()
+            .chain(xdp.snapshot().families())
+            .chain(tracker.snapshot().families())
+            .chain(m.accounting.snapshot().families());
+        let mut names = 0;
+        for f in declared {
+            let Some((kind, series)) = scraped.get(f.name) else {
+                panic!("{} is declared but not exported", f.name);
+            };
+            let want = match f.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            assert_eq!(kind, want, "{}", f.name);
+            assert_eq!(
+                *series,
+                f.series.len(),
+                "{}: one series per label value",
+                f.name
+            );
+            names += 1;
+        }
+        let declared_names = EngineStats::METRIC_NAMES.len()
+            + XdpStats::METRIC_NAMES.len()
+            + TrackerStats::METRIC_NAMES.len()
+            + 4;
+        assert_eq!(names, declared_names);
+        for once_missing in [
+            "afterburner_engine_keepalives_total",
+            "afterburner_engine_packets_rejected_total",
+            "afterburner_engine_send_calls_total",
+            "afterburner_engine_recv_calls_total",
+            "afterburner_engine_send_would_block_total",
+            "afterburner_xdp_tx_kicks_transient_total",
+            "afterburner_xdp_next_hop_lookups_total",
+            "afterburner_xdp_netlink_errors_total",
+            "afterburner_xdp_queues",
+            "afterburner_xdp_huge_pages",
+            "afterburner_leader_slot_observations_rejected_total",
+            "afterburner_leader_websocket_subscriptions_total",
+            "afterburner_leader_slot_source",
+        ] {
+            assert!(scraped.contains_key(once_missing), "{once_missing}");
+        }
+    }
+
+    /// Scrapes taken while transactions are accepted and finish never see
+    /// accepted != sent + dropped + in flight.
+    #[test]
+    fn accounting_adds_up_in_every_scrape() {
+        let m = Metrics::new().expect("metrics");
+        let a = m.accounting.clone();
+        let writer = std::thread::spawn(move || {
+            for i in 0..200_000u32 {
+                a.accept();
+                a.first_send_done(if i % 3 == 0 { Err("no_leader") } else { Ok(()) });
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut scrapes = 0;
+        while !writer.is_finished() && std::time::Instant::now() < deadline {
+            let families = m.registry.gather();
+            let sum = |name: &str| -> f64 {
+                families
+                    .iter()
+                    .filter(|f| f.name() == name)
+                    .flat_map(|f| f.get_metric())
+                    .map(|s| s.get_counter().get_value() + s.get_gauge().get_value())
+                    .sum()
+            };
+            let accepted = sum("afterburner_transactions_accepted_total");
+            let parts = sum("afterburner_transactions_sent_total")
+                + sum("afterburner_transactions_dropped_total")
+                + sum("afterburner_transactions_in_flight");
+            assert_eq!(accepted, parts, "scrape {scrapes}");
+            scrapes += 1;
+        }
+        writer.join().expect("writer");
+        let end = m.accounting.snapshot();
+        assert_eq!(end.accepted, 200_000);
+        assert_eq!(end.sent + end.dropped_total() + end.in_flight, end.accepted);
+        assert!(scrapes > 0);
     }
 }

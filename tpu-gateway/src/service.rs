@@ -279,8 +279,7 @@ impl rpc::Sender for Service {
         // before any of its outcomes can exist.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let targets = self.leaders.targets();
-        self.metrics.accepted.inc();
-        self.metrics.in_flight.inc();
+        self.metrics.accounting.accept();
         self.metrics.queue_depth.inc();
         permit.send(Accepted {
             id,
@@ -691,13 +690,11 @@ impl Forwarder {
         let Some(done) = self.first.remove(&id) else {
             return;
         };
-        self.metrics.in_flight.dec();
-        if done.sent {
-            self.metrics.sent.inc();
+        self.metrics.accounting.first_send_done(if done.sent {
+            Ok(())
         } else {
-            let reason = done.last_drop.unwrap_or("no_leader");
-            self.metrics.dropped.with_label_values(&[reason]).inc();
-        }
+            Err(done.last_drop.unwrap_or("no_leader"))
+        });
     }
 
     /// Handles every tracked transaction that is due: retired when expired or out of
