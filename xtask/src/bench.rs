@@ -114,24 +114,26 @@ impl Args {
 /// Builds the engine benchmark's examples (release) and returns their paths:
 /// `tpu_bench_server` (agave's TPU server) and `tpu_bench_client`.
 pub(crate) fn build_engine_bench() -> Result<(PathBuf, PathBuf)> {
+    let [server, client] =
+        build_examples("afterburner-quic", ["tpu_bench_server", "tpu_bench_client"])?;
+    Ok((server, client))
+}
+
+/// Builds `examples` of `package` (release, as every benchmark runs) and returns
+/// their paths, in order.
+pub(crate) fn build_examples<const N: usize>(
+    package: &str,
+    examples: [&str; N],
+) -> Result<[PathBuf; N]> {
     eprintln!("building the benchmark (release)…");
     let mut build = cargo();
-    build.args([
-        "build",
-        "--release",
-        "-p",
-        "afterburner-quic",
-        "--example",
-        "tpu_bench_server",
-        "--example",
-        "tpu_bench_client",
-    ]);
+    build.args(["build", "--release", "-p", package]);
+    for e in examples {
+        build.args(["--example", e]);
+    }
     run(build)?;
-    let examples = target_dir().join("release/examples");
-    Ok((
-        examples.join("tpu_bench_server"),
-        examples.join("tpu_bench_client"),
-    ))
+    let dir = target_dir().join("release/examples");
+    Ok(examples.map(|e| dir.join(e)))
 }
 
 /// A child process spoken to line by line.

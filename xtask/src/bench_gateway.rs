@@ -17,8 +17,8 @@ use std::{path::Path, process::Command, time::Duration};
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    bench::{Peer, RemoveOnDrop, field, median},
-    util::{cargo, run, target_dir},
+    bench::{Peer, RemoveOnDrop, build_examples, field, median},
+    util::run,
 };
 
 #[derive(Debug, clap::Args)]
@@ -86,18 +86,7 @@ fn wrk(url: &str, script: &Path, bodies: &Path, secs: u64) -> Result<f64> {
 }
 
 fn bench_gateway(rounds: usize) -> Result<()> {
-    eprintln!("building the benchmark (release)…");
-    let mut build = cargo();
-    build.args([
-        "build",
-        "--release",
-        "-p",
-        "tpu-gateway",
-        "--example",
-        "gateway_bench",
-    ]);
-    run(build)?;
-    let bin = target_dir().join("release/examples/gateway_bench");
+    let [bin] = build_examples("tpu-gateway", ["gateway_bench"])?;
     let dir = std::env::temp_dir().join(format!("afterburner-bench-gw-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let _guard = RemoveOnDrop(dir.clone());
