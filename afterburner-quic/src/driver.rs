@@ -126,6 +126,7 @@ impl Waker {
 pub struct EngineHandle {
     commands: Sender<Command>,
     waker: Arc<Waker>,
+    running: Arc<AtomicBool>,
     stats: Arc<EngineStats>,
     local: SocketAddr,
     thread: Option<JoinHandle<io::Result<()>>>,
@@ -159,13 +160,20 @@ impl EngineHandle {
             rx: RxBatch::new(RX_BATCH),
             counters: IoCounters::default(),
         };
+        let running = Arc::new(AtomicBool::new(true));
+        let ended = ClearOnDrop(running.clone());
         let thread = std::thread::Builder::new()
             .name("afterburner-engine".into())
-            .spawn(move || driver.run())
+            .spawn(move || {
+                // However the thread ends (shutdown, an I/O error, a panic).
+                let _ended = ended;
+                driver.run()
+            })
             .map_err(|_| EngineError::Config("cannot spawn the engine thread"))?;
         Ok(Self {
             commands,
             waker,
+            running,
             stats,
             local,
             thread: Some(thread),
@@ -221,6 +229,7 @@ impl EngineHandle {
         EngineSubmitter {
             commands: self.commands.clone(),
             waker: self.waker.clone(),
+            running: self.running.clone(),
         }
     }
 
@@ -297,6 +306,27 @@ impl EngineHandle {
 pub struct EngineSubmitter {
     commands: Sender<Command>,
     waker: Arc<Waker>,
+    running: Arc<AtomicBool>,
+}
+
+/// Whether the engine can take a submission now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Availability {
+    /// Running, with room in its queue.
+    Ready,
+    /// Running, its queue full.
+    Full,
+    /// The engine thread has ended (shut down, an I/O error, a panic).
+    Stopped,
+}
+
+/// Clears the flag when dropped: the engine thread holds it for its whole life.
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for EngineSubmitter {
@@ -306,6 +336,18 @@ impl std::fmt::Debug for EngineSubmitter {
 }
 
 impl EngineSubmitter {
+    /// Whether a submission could be taken now (a snapshot: the answer may change
+    /// before the next call).
+    pub fn availability(&self) -> Availability {
+        if !self.running.load(Ordering::SeqCst) {
+            Availability::Stopped
+        } else if self.commands.is_full() {
+            Availability::Full
+        } else {
+            Availability::Ready
+        }
+    }
+
     /// As [`EngineHandle::submit_batch`].
     ///
     /// # Errors
@@ -552,5 +594,81 @@ impl<I: PacketIo, S: OutcomeSink> Driver<I, S> {
             self.sink.report(o);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::UdpSocket,
+        os::fd::{AsFd, BorrowedFd},
+    };
+
+    use afterburner_xdp::udp::UdpIo;
+
+    use super::*;
+
+    /// A packet path that fails for good on its first receive (a NIC gone, say).
+    struct Broken(UdpSocket);
+
+    impl PacketIo for Broken {
+        fn local_addr(&self) -> SocketAddr {
+            self.0
+                .local_addr()
+                .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into())
+        }
+        fn send(&mut self, batch: &mut TxBatch, _: &mut IoCounters) -> io::Result<()> {
+            batch.clear();
+            Ok(())
+        }
+        fn recv(&mut self, _: &mut RxBatch) -> io::Result<usize> {
+            Err(io::Error::other("device gone"))
+        }
+        fn pollable(&self) -> BorrowedFd<'_> {
+            self.0.as_fd()
+        }
+    }
+
+    fn wait_for(submitter: &EngineSubmitter, want: Availability) -> Availability {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while submitter.availability() != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        submitter.availability()
+    }
+
+    #[test]
+    fn availability_follows_the_engine_thread() {
+        let io = UdpIo::bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let engine = EngineHandle::spawn(
+            EngineConfig::default(),
+            &Identity::random(),
+            io,
+            |_: Outcome| {},
+        )
+        .expect("spawn");
+        let submitter = engine.submitter();
+        assert_eq!(submitter.availability(), Availability::Ready);
+        engine.shutdown().expect("clean shutdown");
+        assert_eq!(submitter.availability(), Availability::Stopped);
+    }
+
+    #[test]
+    fn an_engine_that_dies_on_an_io_error_is_stopped() {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let engine = EngineHandle::spawn(
+            EngineConfig::default(),
+            &Identity::random(),
+            Broken(socket),
+            |_: Outcome| {},
+        )
+        .expect("spawn");
+        let submitter = engine.submitter();
+        assert_eq!(
+            wait_for(&submitter, Availability::Stopped),
+            Availability::Stopped
+        );
+        let err = engine.shutdown().expect_err("the I/O error is reported");
+        assert_eq!(err.to_string(), "device gone");
     }
 }

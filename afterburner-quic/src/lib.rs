@@ -21,7 +21,9 @@ pub mod protocol;
 pub mod stats;
 
 pub use config::EngineConfig;
-pub use driver::{EngineHandle, EngineSubmitter, OutcomeSink, Submission, SubmitError};
+pub use driver::{
+    Availability, EngineHandle, EngineSubmitter, OutcomeSink, Submission, SubmitError,
+};
 pub use engine::{ConnectionInfo, Engine, EngineError};
 pub use identity::Identity;
 pub use outcome::{DropReason, Outcome, OutcomeKind};

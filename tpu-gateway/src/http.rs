@@ -43,15 +43,23 @@ async fn json_rpc(State(service): State<Arc<Service>>, body: Bytes) -> Response 
     let received_at = std::time::Instant::now();
     let response = rpc::handle_body(&body, &*service, received_at);
     count_rpc(&service, &response.calls);
-    let status = if response.too_many {
-        StatusCode::TOO_MANY_REQUESTS
-    } else {
-        StatusCode::OK
+    let mut out = match response.body {
+        Some(v) => Json(v).into_response(),
+        None => StatusCode::OK.into_response(),
     };
-    match response.body {
-        Some(v) => (status, Json(v)).into_response(),
-        None => status.into_response(),
+    if response.too_many {
+        too_many(&mut out);
     }
+    out
+}
+
+/// Makes `response` a 429 that says when to come back (queues drain within a
+/// second at the rates they are sized for).
+fn too_many(response: &mut Response) {
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
 }
 
 /// Counts each call by method and result, and refused sends by reason, from what
@@ -125,11 +133,15 @@ async fn transactions(
         Ok(signature) => (StatusCode::OK, Json(json!({ "signature": signature }))).into_response(),
         Err(e) => {
             service.count_reject(e.reason());
-            (
+            let mut out = (
                 status_of(&e),
                 Json(json!({ "error": e.rpc_error().to_json() })),
             )
-                .into_response()
+                .into_response();
+            if out.status() == StatusCode::TOO_MANY_REQUESTS {
+                too_many(&mut out);
+            }
+            out
         }
     }
 }
@@ -176,6 +188,17 @@ async fn metrics(State(service): State<Arc<Service>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn too_many_says_when_to_retry() {
+        let mut r = Json(json!({})).into_response();
+        too_many(&mut r);
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            r.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+    }
     use crate::validate::ValidationError;
 
     /// The raw route's statuses: what the client can do about each refusal.

@@ -9,7 +9,8 @@
 //!
 //! - [`config`]: TOML + environment + flags.
 //! - [`rpc`], [`validate`], [`http`]: the ingress.
-//! - [`service`], [`dedup`], [`leaders`]: the send path.
+//! - [`service`], [`ledger`], [`dedup`], [`leaders`]: the send path; the ledger
+//!   owns every accepted transaction until its one terminal state.
 //! - [`metrics`]: everything exported.
 #![forbid(unsafe_code)]
 
@@ -17,17 +18,13 @@ pub mod config;
 pub mod dedup;
 pub mod http;
 pub mod leaders;
+pub mod ledger;
 pub mod metrics;
 pub mod rpc;
 pub mod service;
 pub mod validate;
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, atomic::AtomicBool},
-    time::Duration,
-};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use afterburner_quic::{EngineConfig, EngineHandle, Identity};
 use afterburner_xdp::{AnyIo, PacketPath, xdp::XdpConfig};
@@ -163,7 +160,7 @@ impl Gateway {
             busy_poll_idle: Duration::from_millis(config.engine.busy_poll_idle_ms),
             ..EngineConfig::default()
         };
-        let (sink, outcome_tx, outcomes) = service::outcome_channel();
+        let (sink, outcomes) = service::outcome_channel();
         let engine = EngineHandle::spawn(engine_config, &identity, io, sink)
             .context("starting the QUIC engine")?;
         metrics
@@ -173,7 +170,6 @@ impl Gateway {
                 tracker.as_ref().map(|_| tracker_stats.clone()),
             )
             .context("metrics")?;
-        let path_up = Arc::new(AtomicBool::new(true));
         let service_config = ServiceConfig {
             queue: config.limits.queue,
             max_tracked: config.limits.max_tracked,
@@ -192,9 +188,7 @@ impl Gateway {
             leaders,
             metrics,
             preflight,
-            path_up,
             engine.submitter(),
-            outcome_tx,
         );
         let forwarder = Forwarder::new(queue, outcomes, engine, &service, rpc_client);
         let (stop, stop_rx) = watch::channel(false);

@@ -356,7 +356,7 @@ impl CallRecord {
 pub struct Response {
     /// The JSON body (`None`: nothing to send back, all notifications).
     pub body: Option<Value>,
-    /// HTTP 429 when a send was refused for a full queue.
+    /// HTTP 429 when the request (not a batch) was a send refused for a full queue.
     pub too_many: bool,
     /// Every call in the body, in order, notifications included; a body that is not
     /// a request at all (malformed JSON, an empty batch) is one `invalid` call.
@@ -366,6 +366,7 @@ pub struct Response {
 /// Handles one HTTP body (read at `received_at`): a request or a batch.
 pub fn handle_body(body: &[u8], sender: &dyn Sender, received_at: Instant) -> Response {
     let mut calls = Vec::new();
+    let mut batch = false;
     let body = match serde_json::from_slice::<Body>(body) {
         Err(_) => Some(refuse(
             Method::Invalid,
@@ -377,6 +378,7 @@ pub fn handle_body(body: &[u8], sender: &dyn Sender, received_at: Instant) -> Re
             Some(invalid_request(Method::Invalid, &Id::Null, &mut calls))
         }
         Ok(Body::Batch(items)) => {
+            batch = true;
             let out: Vec<Value> = items
                 .into_iter()
                 .filter_map(|item| handle_one(item, sender, received_at, &mut calls))
@@ -385,9 +387,12 @@ pub fn handle_body(body: &[u8], sender: &dyn Sender, received_at: Instant) -> Re
         }
         Ok(Body::Single(item)) => handle_one(item, sender, received_at, &mut calls),
     };
-    let too_many = calls
-        .iter()
-        .any(|c| c.reject == Some(RejectReason::QueueFull));
+    // A batch answers per item: one full queue does not turn its successes into a
+    // 429.
+    let too_many = !batch
+        && calls
+            .iter()
+            .any(|c| c.reject == Some(RejectReason::QueueFull));
     Response {
         body,
         too_many,
@@ -1108,7 +1113,14 @@ mod tests {
             &full,
             Instant::now(),
         );
-        assert!(r.too_many);
+        assert!(r.too_many, "a single refused send is a 429");
+        let batch = format!("[{}]", send(json!([tx, {"skipPreflight": true}])));
+        let r = handle_body(batch.as_bytes(), &full, Instant::now());
+        assert!(!r.too_many, "a batch answers per item");
+        assert_eq!(
+            r.body.as_ref().and_then(Value::as_array).map(Vec::len),
+            Some(1)
+        );
         assert_eq!(
             r.calls,
             [record(

@@ -1,28 +1,32 @@
-//! The send path: [`Service`] takes validated transactions (dedup, bounded queue),
-//! and the forwarder task sends each one to the current leaders through the QUIC
-//! engine, rebroadcasts it until it lands, runs out of retries or expires, and
-//! accounts for every one: accepted = sent + dropped{reason} (+ in flight).
+//! The send path: [`Service`] admits validated transactions (dedup, honest
+//! checks, bounded queue) and answers at once; the [`Forwarder`] task owns the
+//! [`Ledger`] and is the only one that sends: each transaction to the current
+//! leaders through the QUIC engine, rebroadcast until it lands, runs out of retries
+//! or expires, with every one accounted for: accepted = sent + dropped{reason} (+ in
+//! flight).
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use afterburner_quic::{
-    DropReason, EngineHandle, EngineSubmitter, Outcome, OutcomeKind, Submission,
+    Availability, DropReason, EngineHandle, EngineSubmitter, Outcome, OutcomeKind, Submission,
 };
 use solana_client::nonblocking::rpc_client::RpcClient;
+use solana_commitment_config::CommitmentConfig;
 use solana_sdk::signature::Signature;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::{
     dedup::Dedup,
     leaders::LeaderSource,
+    ledger::{ATTEMPTS, Action, FirstSendDone, Ledger, LedgerConfig, NewTx, Terminal, TxId},
     metrics::Metrics,
     rpc::{self, RejectReason, SendError, SendRequest},
 };
@@ -82,34 +86,33 @@ pub enum Preflight {
     Refuse,
 }
 
-/// One accepted transaction, registered with the forwarder (its first send was
-/// already handed to the engine by the request handler).
+/// One admitted transaction, on its way to the ledger. The handler has answered
+/// the client already; from here the forwarder owns it.
 #[derive(Debug)]
-pub struct Accepted {
-    id: u64,
+pub struct Admitted {
     signature: Signature,
     wire: Arc<[u8]>,
     max_retries: Option<usize>,
     received_at: Instant,
-    /// Leaders the first send went to (its outcomes to wait for).
-    sent_to: usize,
-    connect: Vec<SocketAddr>,
-    slot: Option<u64>,
+    /// A place in the ledger, held until the transaction ends.
+    room: OwnedSemaphorePermit,
 }
 
-/// The front half: what request handlers call.
+/// The front half: what request handlers call. It admits a transaction only when
+/// it can be sent (leaders known, the engine running with room, the ledger with
+/// room), without waiting on the forwarder: bounded, non-blocking checks, then a
+/// `try_send` into the forwarder's queue.
 pub struct Service {
-    queue: mpsc::Sender<Accepted>,
+    queue: mpsc::Sender<Admitted>,
     engine: EngineSubmitter,
-    outcomes: mpsc::UnboundedSender<(Outcome, Instant)>,
-    next_id: AtomicU64,
+    /// Places in the ledger: one per live transaction, returned when it ends.
+    room: Arc<Semaphore>,
     dedup: Mutex<Dedup>,
     config: ServiceConfig,
     leaders: Arc<dyn LeaderSource>,
     metrics: Metrics,
     preflight: Preflight,
     accepting: AtomicBool,
-    path_up: Arc<AtomicBool>,
     samples: Arc<Mutex<Samples>>,
 }
 
@@ -122,33 +125,27 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// The service and the receiving end of its queue (for [`Forwarder::run`]).
-    /// `outcomes` is the sender side of [`outcome_channel`] (for sends the engine
-    /// refuses outright).
+    /// The service and the receiving end of its queue (for [`Forwarder::new`]).
     pub fn new(
         config: ServiceConfig,
         leaders: Arc<dyn LeaderSource>,
         metrics: Metrics,
         preflight: Preflight,
-        path_up: Arc<AtomicBool>,
         engine: EngineSubmitter,
-        outcomes: OutcomeSender,
-    ) -> (Arc<Self>, mpsc::Receiver<Accepted>) {
+    ) -> (Arc<Self>, mpsc::Receiver<Admitted>) {
         let (queue, rx) = mpsc::channel(config.queue.max(1));
         let dedup = Mutex::new(Dedup::new(config.dedup_window, config.dedup_capacity));
         (
             Arc::new(Self {
                 queue,
                 engine,
-                outcomes,
-                next_id: AtomicU64::new(0),
+                room: Arc::new(Semaphore::new(config.max_tracked.max(1))),
                 dedup,
                 config,
                 leaders,
                 metrics,
                 preflight,
                 accepting: AtomicBool::new(true),
-                path_up,
                 samples: Arc::new(Mutex::new(Samples::default())),
             }),
             rx,
@@ -162,18 +159,14 @@ impl Service {
             return Vec::new();
         };
         let s = std::mem::take(&mut *s);
-        let handled: HashMap<u64, (Duration, Duration)> = s
-            .handled
-            .into_iter()
-            .map(|(id, v, sub)| (id, (v, sub)))
-            .collect();
+        let validated: HashMap<Signature, Duration> = s.validated.into_iter().collect();
+        let submitted: HashMap<Signature, Duration> = s.submitted.into_iter().collect();
         s.wire
             .into_iter()
-            .filter_map(|(id, wire)| {
-                let &(validated, submitted) = handled.get(&id)?;
+            .filter_map(|(sig, wire)| {
                 Some(LatencySample {
-                    validated,
-                    submitted,
+                    validated: *validated.get(&sig)?,
+                    submitted: *submitted.get(&sig)?,
                     wire,
                 })
             })
@@ -185,15 +178,40 @@ impl Service {
         self.accepting.store(false, Ordering::SeqCst);
     }
 
-    /// `Ok` when transactions can be sent: schedule fresh, packet path up, accepting.
+    /// `Ok` when transactions can be sent: accepting, the engine running, the
+    /// leader source ready, and a leader to send to (what admission checks too, so
+    /// a ready gateway admits); else why not.
     pub fn ready(&self) -> Result<(), String> {
         if !self.accepting.load(Ordering::SeqCst) {
             return Err("shutting down".into());
         }
-        if !self.path_up.load(Ordering::SeqCst) {
-            return Err("packet path down".into());
+        if self.engine.availability() == Availability::Stopped {
+            return Err("the QUIC engine has stopped".into());
         }
-        self.leaders.ready()
+        self.leaders.ready()?;
+        if self.leaders.targets().send.is_empty() {
+            return Err("no leader known to send to".into());
+        }
+        Ok(())
+    }
+
+    /// Why a transaction cannot be admitted right now, if it cannot: the checks
+    /// that make an accepted transaction one that can leave.
+    fn admission(&self) -> Result<(), SendError> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(SendError::NotReady("shutting down"));
+        }
+        match self.engine.availability() {
+            Availability::Ready => {}
+            Availability::Full => return Err(SendError::QueueFull),
+            Availability::Stopped => {
+                return Err(SendError::NotReady("the QUIC engine has stopped"));
+            }
+        }
+        if self.leaders.targets().send.is_empty() {
+            return Err(SendError::NotReady("no leader known to send to"));
+        }
+        Ok(())
     }
 
     /// Sets the gauges that are read rather than counted (scrape time): ready, the
@@ -244,15 +262,17 @@ impl rpc::Sender for Service {
         let validated = request.received_at.elapsed();
         let sig = request.tx.signature;
         let sig_text = sig.to_string();
-        if !self.accepting.load(Ordering::SeqCst) {
-            return Err(SendError::NotReady("shutting down"));
-        }
         if let Some(min) = request.options.min_context_slot
             && let Some(slot) = self.leaders.current_slot()
             && slot < min
         {
             return Err(SendError::MinContextSlotNotReached { context_slot: slot });
         }
+        self.admission()?;
+        let Ok(room) = self.room.clone().try_acquire_owned() else {
+            // Every place in the ledger is taken: they free up as transactions end.
+            return Err(SendError::QueueFull);
+        };
         let fresh = self
             .dedup
             .lock()
@@ -274,15 +294,15 @@ impl rpc::Sender for Service {
                 });
             }
         };
-        // The first send goes to the engine from here, without a hop through the
-        // forwarder task; the forwarder is told first, so it knows the transaction
-        // before any of its outcomes can exist.
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let targets = self.leaders.targets();
         self.metrics.accounting.accept();
         self.metrics.queue_depth.inc();
-        permit.send(Accepted {
-            id,
+        if self.config.latency_samples > 0
+            && let Ok(mut s) = self.samples.lock()
+            && s.validated.len() < self.config.latency_samples
+        {
+            s.validated.push((sig, validated));
+        }
+        permit.send(Admitted {
             signature: sig,
             wire: request.tx.wire.clone(),
             max_retries: request
@@ -290,42 +310,8 @@ impl rpc::Sender for Service {
                 .max_retries
                 .or(self.config.default_max_retries),
             received_at: request.received_at,
-            sent_to: targets.send.len(),
-            connect: targets.connect,
-            slot: targets.slot,
+            room,
         });
-        if !targets.send.is_empty() {
-            let batch: Vec<Submission> = targets
-                .send
-                .iter()
-                .map(|&target| Submission {
-                    id: id * ATTEMPTS,
-                    payload: request.tx.wire.clone(),
-                    target,
-                })
-                .collect();
-            if let Err((e, refused)) = self.engine.submit_batch(batch) {
-                let now = Instant::now();
-                for s in refused {
-                    let refusal = Outcome {
-                        id: s.id,
-                        target: s.target,
-                        kind: OutcomeKind::Dropped(e.reason),
-                    };
-                    let _ = self.outcomes.send((refusal, now));
-                }
-            }
-            let submitted = request.received_at.elapsed();
-            self.metrics
-                .accept_to_engine
-                .observe(submitted.as_secs_f64());
-            if self.config.latency_samples > 0
-                && let Ok(mut s) = self.samples.lock()
-                && s.handled.len() < self.config.latency_samples
-            {
-                s.handled.push((id, validated, submitted));
-            }
-        }
         Ok(sig_text)
     }
 
@@ -382,70 +368,39 @@ pub struct LatencySample {
     pub wire: Duration,
 }
 
-/// Raw per-stage samples, joined by transaction id when taken.
+/// Raw per-stage samples, joined by signature when taken.
 #[derive(Debug, Default)]
 struct Samples {
-    /// (id, validated, submitted), recorded by the request handler.
-    handled: Vec<(u64, Duration, Duration)>,
-    /// (id, wire), recorded by the forwarder.
-    wire: Vec<(u64, Duration)>,
+    /// Validated, recorded by the request handler.
+    validated: Vec<(Signature, Duration)>,
+    /// Handed to the engine, recorded by the forwarder.
+    submitted: Vec<(Signature, Duration)>,
+    /// First frame to the packet path, recorded by the forwarder.
+    wire: Vec<(Signature, Duration)>,
 }
 
-/// A transaction in the retry set.
-#[derive(Debug)]
-struct Tracked {
-    signature: Signature,
-    wire: Arc<[u8]>,
-    accepted_at: Instant,
-    retries_left: Option<usize>,
-    next_send: Instant,
-    expires: Expiry,
-    attempts: u64,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Expiry {
-    Slot(u64),
-    At(Instant),
-}
-
-/// The first attempt's outcomes, still arriving.
-#[derive(Debug)]
-struct FirstAttempt {
-    pending: usize,
-    sent: bool,
-    last_drop: Option<&'static str>,
-    received_at: Instant,
-}
-
-/// Engine ids: transaction id times this plus the attempt number.
-const ATTEMPTS: u64 = 1 << 16;
-
-/// The back half: owns the engine handle and the retry set.
+/// The back half: owns the ledger (every accepted transaction until it ends) and the
+/// engine handle. It is the only task that sends.
 pub struct Forwarder {
-    queue: mpsc::Receiver<Accepted>,
-    outcomes: mpsc::UnboundedReceiver<(Outcome, Instant)>,
+    queue: mpsc::Receiver<Admitted>,
+    outcomes: OutcomeReceiver,
     engine: Option<EngineHandle>,
     samples: Arc<Mutex<Samples>>,
     leaders: Arc<dyn LeaderSource>,
     metrics: Metrics,
     config: ServiceConfig,
     status_rpc: Option<Arc<RpcClient>>,
-    tracked: HashMap<u64, Tracked>,
-    /// When each tracked transaction is next due (send or retire), in time order.
-    schedule: BTreeSet<(Instant, u64)>,
-    first: HashMap<u64, FirstAttempt>,
-    /// First-attempt outcomes that arrived before their transaction's `Accepted`
-    /// (two channels: the forwarder may see the engine's report first). Applied by
-    /// `accept`; bounded by the sends in flight between the two.
-    early: HashMap<u64, Vec<(Outcome, Instant)>>,
+    ledger: Ledger,
+    /// Each live transaction's place in the ledger, released when it ends.
+    rooms: HashMap<TxId, OwnedSemaphorePermit>,
+    actions: Vec<Action>,
     warm: Vec<SocketAddr>,
 }
 
 impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forwarder")
-            .field("tracked", &self.tracked.len())
+            .field("live", &self.ledger.live())
             .finish()
     }
 }
@@ -458,19 +413,13 @@ pub type OutcomeReceiver = mpsc::UnboundedReceiver<(Outcome, Instant)>;
 /// An outcome sink that hands engine outcomes to the forwarder, stamped with the
 /// time the engine reported them (the engine reports a send after the pass that
 /// handed its frames to the packet path).
-pub fn outcome_channel() -> (
-    impl FnMut(Outcome) + Send + 'static,
-    OutcomeSender,
-    OutcomeReceiver,
-) {
+pub fn outcome_channel() -> (impl FnMut(Outcome) + Send + 'static, OutcomeReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let sink_tx = tx.clone();
     (
         move |o: Outcome| {
             // The receiver lives as long as the forwarder, which outlives the engine.
-            let _ = sink_tx.send((o, Instant::now()));
+            let _ = tx.send((o, Instant::now()));
         },
-        tx,
         rx,
     )
 }
@@ -478,12 +427,19 @@ pub fn outcome_channel() -> (
 impl Forwarder {
     /// The forwarder for `service`'s queue.
     pub fn new(
-        queue: mpsc::Receiver<Accepted>,
-        outcomes: mpsc::UnboundedReceiver<(Outcome, Instant)>,
+        queue: mpsc::Receiver<Admitted>,
+        outcomes: OutcomeReceiver,
         engine: EngineHandle,
         service: &Service,
         status_rpc: Option<Arc<RpcClient>>,
     ) -> Self {
+        let config = service.config.clone();
+        let ledger = Ledger::new(LedgerConfig {
+            retry_interval: config.retry_interval,
+            expiry_slots: config.expiry_slots,
+            slot_duration: config.slot_duration,
+            ..LedgerConfig::default()
+        });
         Self {
             queue,
             outcomes,
@@ -491,23 +447,22 @@ impl Forwarder {
             samples: service.samples.clone(),
             leaders: service.leaders.clone(),
             metrics: service.metrics.clone(),
-            config: service.config.clone(),
+            config,
             status_rpc,
-            tracked: HashMap::new(),
-            schedule: BTreeSet::new(),
-            first: HashMap::new(),
-            early: HashMap::new(),
+            ledger,
+            rooms: HashMap::new(),
+            actions: Vec::new(),
             warm: Vec::new(),
         }
     }
 
-    /// Runs until `stop` turns true, then drains the queue (each transaction sent
-    /// once), shuts the engine down and accounts for the rest, within `deadline`.
+    /// Runs until `stop` turns true, then takes what is queued (each sent once),
+    /// shuts the engine down and accounts for the rest, within `deadline`.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>, deadline: Duration) {
-        // Cheap: only what is due is looked at (the schedule is ordered by time).
-        let mut retry_tick = tokio::time::interval(Duration::from_millis(10));
+        // Cheap: only what is due is looked at (the ledger orders it by time).
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
         let mut status_tick = tokio::time::interval(self.config.status_interval);
-        let (landed_tx, mut landed_rx) = mpsc::channel::<Vec<Signature>>(16);
+        let (landed_tx, mut landed_rx) = mpsc::channel::<Vec<(Signature, u64)>>(16);
         let mut status_busy = false;
         loop {
             tokio::select! {
@@ -517,16 +472,24 @@ impl Forwarder {
                         break;
                     }
                 }
-                Some(a) = self.queue.recv() => self.accept(a),
+                Some(a) = self.queue.recv() => {
+                    self.admit(a);
+                    // Its first send goes out now, not at the next tick.
+                    self.step(Instant::now());
+                }
                 Some((o, at)) = self.outcomes.recv() => self.outcome(o, at),
                 Some(landed) = landed_rx.recv() => {
                     status_busy = false;
-                    self.landed(&landed);
+                    let now = Instant::now();
+                    for (sig, slot) in landed {
+                        self.ledger.on_landed(&sig, Some(slot), now, &mut self.actions);
+                    }
+                    self.perform(now);
                 }
-                _ = retry_tick.tick() => self.retry_due(),
+                _ = tick.tick() => self.step(Instant::now()),
                 _ = status_tick.tick() => {
                     if !status_busy && let Some(rpc) = self.status_rpc.clone() {
-                        let sigs: Vec<Signature> = self.tracked.values().map(|t| t.signature).collect();
+                        let sigs = self.ledger.in_flight_signatures();
                         if !sigs.is_empty() {
                             status_busy = true;
                             let tx = landed_tx.clone();
@@ -541,63 +504,103 @@ impl Forwarder {
         self.finish(deadline).await;
     }
 
-    /// Registers a transaction whose first send the request handler already made.
-    fn accept(&mut self, a: Accepted) {
+    /// Takes an admitted transaction into the ledger.
+    fn admit(&mut self, a: Admitted) {
         self.metrics.queue_depth.dec();
         let now = Instant::now();
-        self.prewarm(&a.connect);
-        let expires = match a.slot {
-            Some(s) => Expiry::Slot(s + self.config.expiry_slots),
-            None => Expiry::At(now + self.config.slot_duration * self.config.expiry_slots as u32),
-        };
-        let id = a.id;
-        self.first.insert(
-            id,
-            FirstAttempt {
-                pending: a.sent_to,
-                sent: false,
-                last_drop: None,
+        if let Some(slot) = self.leaders.current_slot() {
+            self.ledger.on_slot(slot);
+        }
+        let id = self.ledger.accept(
+            NewTx {
+                signature: a.signature,
+                wire: a.wire,
+                max_retries: a.max_retries,
                 received_at: a.received_at,
             },
+            now,
         );
-        if a.sent_to == 0 {
-            self.metrics.sends.with_label_values(&["no_leader"]).inc();
-            self.first_outcome(id, Err("no_leader"));
-        }
-        for (o, at) in self.early.remove(&id).unwrap_or_default() {
-            self.outcome(o, at);
-        }
-        if self.tracked.len() >= self.config.max_tracked {
-            tracing::debug!("retry set full; sent once without rebroadcast");
-        } else if a.max_retries != Some(0) {
-            let next_send = now + self.config.retry_interval;
-            self.schedule.insert((next_send, id));
-            self.tracked.insert(
-                id,
-                Tracked {
-                    signature: a.signature,
-                    wire: a.wire,
-                    accepted_at: a.received_at,
-                    retries_left: a.max_retries,
-                    next_send,
-                    expires,
-                    attempts: 1,
-                },
-            );
-            self.metrics.tracked.set(self.tracked.len() as i64);
-        }
+        self.rooms.insert(id, a.room);
+        self.metrics.tracked.set(self.ledger.live() as i64);
     }
 
-    /// Hands one attempt to the engine for each target; returns how many were taken.
-    fn submit(&mut self, id: u64, attempt: u64, wire: &Arc<[u8]>, targets: &[SocketAddr]) -> usize {
-        let Some(engine) = &self.engine else {
-            return 0;
-        };
+    /// Runs what is due in the ledger at `now`.
+    fn step(&mut self, now: Instant) {
+        if let Some(slot) = self.leaders.current_slot() {
+            self.ledger.on_slot(slot);
+        }
+        self.ledger.tick(now, &mut self.actions);
+        self.perform(now);
+    }
+
+    /// Carries out the ledger's actions, then counts the first sends that finished.
+    fn perform(&mut self, now: Instant) {
+        let mut actions = std::mem::take(&mut self.actions);
+        let mut targets = None;
+        for action in actions.drain(..) {
+            match action {
+                Action::Send { id, attempt, wire } => {
+                    let targets = targets.get_or_insert_with(|| self.leaders.targets());
+                    let send = targets.send.clone();
+                    let connect = targets.connect.clone();
+                    self.prewarm(&connect);
+                    self.submit(id, attempt, wire, &send, now);
+                }
+                Action::Retired { id, terminal, age } => {
+                    self.rooms.remove(&id);
+                    if terminal == Terminal::Landed {
+                        self.metrics.landing.observe(age.as_secs_f64());
+                    }
+                    self.metrics
+                        .retired
+                        .with_label_values(&[terminal.label()])
+                        .inc();
+                }
+            }
+        }
+        // Reuse the allocation.
+        self.actions = actions;
+        // Sends refused by the engine may have produced more actions: none are
+        // produced by `on_send_outcome`, so one pass suffices.
+        for (_, done) in self.ledger.take_first_sends() {
+            self.metrics.accounting.first_send_done(match done {
+                FirstSendDone::Sent => Ok(()),
+                FirstSendDone::Dropped(reason) => Err(reason.label()),
+            });
+        }
+        self.metrics.tracked.set(self.ledger.live() as i64);
+    }
+
+    /// Hands attempt `attempt` of `id` to the engine for each of `targets`.
+    fn submit(
+        &mut self,
+        id: TxId,
+        attempt: u32,
+        wire: Arc<[u8]>,
+        targets: &[SocketAddr],
+        now: Instant,
+    ) {
+        self.ledger.on_submitted(id, attempt, targets, now);
+        if attempt > 0 {
+            self.metrics.retries.inc();
+        }
         if targets.is_empty() {
             self.metrics.sends.with_label_values(&["no_leader"]).inc();
-            return 0;
+            return;
         }
-        let engine_id = id * ATTEMPTS + attempt.min(ATTEMPTS - 1);
+        let Some(engine) = &self.engine else {
+            for &target in targets {
+                self.send_outcome(
+                    id,
+                    attempt,
+                    target,
+                    OutcomeKind::Dropped(DropReason::Shutdown),
+                    now,
+                );
+            }
+            return;
+        };
+        let engine_id = id * ATTEMPTS + u64::from(attempt).min(ATTEMPTS - 1);
         let batch: Vec<Submission> = targets
             .iter()
             .map(|&target| Submission {
@@ -606,24 +609,32 @@ impl Forwarder {
                 target,
             })
             .collect();
-        let n = batch.len();
         match engine.submit_batch(batch) {
-            Ok(()) => n,
+            Ok(()) => {
+                if attempt == 0 {
+                    self.sample_submitted(id, now);
+                }
+            }
             Err((e, refused)) => {
                 // Refused outright: these are their outcomes.
-                let now = Instant::now();
                 for s in refused {
-                    self.outcome(
-                        Outcome {
-                            id: s.id,
-                            target: s.target,
-                            kind: OutcomeKind::Dropped(e.reason),
-                        },
-                        now,
-                    );
+                    self.send_outcome(id, attempt, s.target, OutcomeKind::Dropped(e.reason), now);
                 }
-                0
             }
+        }
+    }
+
+    fn sample_submitted(&mut self, id: TxId, now: Instant) {
+        let Some(r) = self.ledger.get(id) else {
+            return;
+        };
+        let d = now.saturating_duration_since(r.received_at);
+        self.metrics.accept_to_engine.observe(d.as_secs_f64());
+        if self.config.latency_samples > 0
+            && let Ok(mut s) = self.samples.lock()
+            && s.submitted.len() < self.config.latency_samples
+        {
+            s.submitted.push((r.signature, d));
         }
     }
 
@@ -639,148 +650,55 @@ impl Forwarder {
         self.warm = connect.to_vec();
     }
 
+    /// An engine outcome, reported at `at`.
     fn outcome(&mut self, o: Outcome, at: Instant) {
         let (id, attempt) = (o.id / ATTEMPTS, o.id % ATTEMPTS);
-        // Every first-attempt outcome belongs to a transaction in `first` (its
-        // entry goes only once all of them are in), unless it overtook its Accepted.
-        if attempt == 0 && !self.first.contains_key(&id) {
-            self.early.entry(id).or_default().push((o, at));
-            return;
-        }
-        let label = match o.kind {
+        let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
+        self.send_outcome(id, attempt, o.target, o.kind, at);
+        self.perform(at);
+    }
+
+    fn send_outcome(
+        &mut self,
+        id: TxId,
+        attempt: u32,
+        target: SocketAddr,
+        kind: OutcomeKind,
+        at: Instant,
+    ) {
+        let label = match kind {
             OutcomeKind::Sent => "sent",
             OutcomeKind::Dropped(r) => r.label(),
         };
         self.metrics.sends.with_label_values(&[label]).inc();
-        if attempt == 0 {
-            // The first frame of a transaction on the wire: request -> wire latency.
-            if let (OutcomeKind::Sent, Some(f)) = (o.kind, self.first.get(&id))
-                && !f.sent
+        let first_frame = self.ledger.on_send_outcome(id, attempt, target, kind);
+        if first_frame && let Some(r) = self.ledger.get(id) {
+            // The transaction's first frame on the wire: request -> wire latency.
+            let d = at.saturating_duration_since(r.received_at);
+            self.metrics.request_to_wire.observe(d.as_secs_f64());
+            if self.config.latency_samples > 0
+                && let Ok(mut s) = self.samples.lock()
+                && s.wire.len() < self.config.latency_samples
             {
-                let d = at.saturating_duration_since(f.received_at);
-                self.metrics.request_to_wire.observe(d.as_secs_f64());
-                if self.config.latency_samples > 0
-                    && let Ok(mut s) = self.samples.lock()
-                    && s.wire.len() < self.config.latency_samples
-                {
-                    s.wire.push((id, d));
-                }
+                s.wire.push((r.signature, d));
             }
-            let result = match o.kind {
-                OutcomeKind::Sent => Ok(()),
-                OutcomeKind::Dropped(r) => Err(r.label()),
-            };
-            self.first_outcome(id, result);
-        }
-    }
-
-    /// Folds one first-attempt outcome in; counts the transaction once all are in.
-    fn first_outcome(&mut self, id: u64, result: Result<(), &'static str>) {
-        let Some(f) = self.first.get_mut(&id) else {
-            return;
-        };
-        match result {
-            Ok(()) => f.sent = true,
-            Err(reason) => f.last_drop = Some(reason),
-        }
-        f.pending = f.pending.saturating_sub(1);
-        if f.pending > 0 {
-            return;
-        }
-        let Some(done) = self.first.remove(&id) else {
-            return;
-        };
-        self.metrics.accounting.first_send_done(if done.sent {
-            Ok(())
-        } else {
-            Err(done.last_drop.unwrap_or("no_leader"))
-        });
-    }
-
-    /// Handles every tracked transaction that is due: retired when expired or out of
-    /// retries, else rebroadcast and rescheduled.
-    fn retry_due(&mut self) {
-        let now = Instant::now();
-        let slot = self.leaders.current_slot();
-        let mut due = Vec::new();
-        while let Some(&(at, id)) = self.schedule.first() {
-            if at > now {
-                break;
-            }
-            self.schedule.pop_first();
-            let Some(t) = self.tracked.get(&id) else {
-                continue; // landed meanwhile
-            };
-            let expired = match t.expires {
-                Expiry::Slot(s) => slot.is_some_and(|cur| cur > s),
-                Expiry::At(at) => now >= at,
-            };
-            if expired {
-                self.retire(id, "expired");
-            } else if t.retries_left == Some(0) {
-                self.retire(id, "retries_exhausted");
-            } else {
-                due.push(id);
-            }
-        }
-        if due.is_empty() {
-            return;
-        }
-        let targets = self.leaders.targets();
-        self.prewarm(&targets.connect);
-        for id in due {
-            let Some(t) = self.tracked.get_mut(&id) else {
-                continue;
-            };
-            t.retries_left = t.retries_left.map(|r| r.saturating_sub(1));
-            t.next_send = now + self.config.retry_interval;
-            self.schedule.insert((t.next_send, id));
-            let attempt = t.attempts;
-            t.attempts += 1;
-            let wire = t.wire.clone();
-            self.metrics.retries.inc();
-            self.submit(id, attempt, &wire, &targets.send);
-        }
-    }
-
-    fn retire(&mut self, id: u64, state: &'static str) {
-        if let Some(t) = self.tracked.remove(&id) {
-            if state == "landed" {
-                self.metrics
-                    .landing
-                    .observe(t.accepted_at.elapsed().as_secs_f64());
-            }
-            self.metrics.retired.with_label_values(&[state]).inc();
-            self.metrics.tracked.set(self.tracked.len() as i64);
-        }
-    }
-
-    fn landed(&mut self, sigs: &[Signature]) {
-        let ids: Vec<u64> = self
-            .tracked
-            .iter()
-            .filter(|(_, t)| sigs.contains(&t.signature))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.retire(id, "landed");
         }
     }
 
     async fn finish(mut self, deadline: Duration) {
         let until = tokio::time::Instant::now() + deadline;
-        // Send what was accepted but not yet sent, once each.
+        // What was admitted but not yet taken is sent once.
         self.queue.close();
         while let Ok(a) = self.queue.try_recv() {
-            self.accept(a);
+            self.admit(a);
         }
-        let ids: Vec<u64> = self.tracked.keys().copied().collect();
-        for id in ids {
-            self.retire(id, "shutdown");
-        }
+        let now = Instant::now();
+        self.step(now);
+        self.ledger.shutdown(now, &mut self.actions);
+        self.perform(now);
         // Let the engine finish what it holds, then stop it: what remains is reported
         // as dropped (shutdown).
-        while !self.first.is_empty() && tokio::time::Instant::now() < until {
+        while self.ledger.first_sends_pending() && tokio::time::Instant::now() < until {
             match tokio::time::timeout_at(until, self.outcomes.recv()).await {
                 Ok(Some((o, at))) => self.outcome(o, at),
                 _ => break,
@@ -793,25 +711,24 @@ impl Forwarder {
             self.outcome(o, at);
         }
         // Anything still without an outcome cannot get one now.
-        let ids: Vec<u64> = self.first.keys().copied().collect();
-        for id in ids {
-            if let Some(f) = self.first.get_mut(&id) {
-                f.pending = 1;
-            }
-            self.first_outcome(id, Err(DropReason::Shutdown.label()));
-        }
+        self.ledger.abandon_first_sends(DropReason::Shutdown);
+        self.perform(Instant::now());
     }
 }
 
-/// The signatures among `sigs` that have a status (processed or better).
-async fn landed_among(rpc: &RpcClient, sigs: Vec<Signature>) -> Vec<Signature> {
+/// The signatures among `sigs` that landed at `confirmed` or better, with their
+/// slots (a status seen only at `processed` may still be on a fork that is dropped:
+/// those keep being rebroadcast).
+async fn landed_among(rpc: &RpcClient, sigs: Vec<Signature>) -> Vec<(Signature, u64)> {
     let mut landed = Vec::new();
     for chunk in sigs.chunks(256) {
         match rpc.get_signature_statuses(chunk).await {
             Ok(r) => {
                 for (sig, status) in chunk.iter().zip(r.value) {
-                    if status.is_some() {
-                        landed.push(*sig);
+                    if let Some(status) = status
+                        && status.satisfies_commitment(CommitmentConfig::confirmed())
+                    {
+                        landed.push((*sig, status.slot));
                     }
                 }
             }
@@ -822,4 +739,115 @@ async fn landed_among(rpc: &RpcClient, sigs: Vec<Signature>) -> Vec<Signature> {
         }
     }
     landed
+}
+
+/// Honest acceptance against the real engine thread: each refusal answers its
+/// documented error and counts nothing as accepted.
+#[cfg(test)]
+mod tests {
+    use afterburner_quic::Identity;
+    use afterburner_xdp::udp::UdpIo;
+    use solana_sdk::{
+        hash::Hash, pubkey::Pubkey, signature::Keypair, signer::Signer, transaction::Transaction,
+    };
+
+    use super::*;
+    use crate::{leaders::StaticLeaders, rpc::Sender as _, validate};
+
+    fn request() -> SendRequest {
+        let payer = Keypair::new();
+        let ix = solana_system_interface::instruction::transfer(
+            &payer.pubkey(),
+            &Pubkey::new_unique(),
+            1,
+        );
+        let tx = Transaction::new_signed_with_payer(
+            &[ix],
+            Some(&payer.pubkey()),
+            &[&payer],
+            Hash::new_unique(),
+        );
+        let wire = bincode::serialize(&tx).expect("serialize");
+        SendRequest {
+            tx: validate::validate(wire, true).expect("valid"),
+            options: rpc::SendOptions {
+                skip_preflight: true,
+                ..rpc::SendOptions::default()
+            },
+            received_at: Instant::now(),
+        }
+    }
+
+    fn engine() -> EngineHandle {
+        let io = UdpIo::bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        EngineHandle::spawn(
+            afterburner_quic::EngineConfig::default(),
+            &Identity::random(),
+            io,
+            |_: Outcome| {},
+        )
+        .expect("engine")
+    }
+
+    fn service(
+        leaders: Vec<SocketAddr>,
+        config: ServiceConfig,
+        engine: &EngineHandle,
+    ) -> (Arc<Service>, mpsc::Receiver<Admitted>) {
+        Service::new(
+            config,
+            Arc::new(StaticLeaders(leaders)),
+            Metrics::new().expect("metrics"),
+            Preflight::Refuse,
+            engine.submitter(),
+        )
+    }
+
+    fn leader() -> Vec<SocketAddr> {
+        vec![([127, 0, 0, 1], 9).into()]
+    }
+
+    #[tokio::test]
+    async fn no_leader_is_refused_as_unhealthy() {
+        let engine = engine();
+        let (s, _queue) = service(Vec::new(), ServiceConfig::default(), &engine);
+        let e = s.send(request()).expect_err("refused");
+        assert_eq!(e, SendError::NotReady("no leader known to send to"));
+        assert_eq!(e.rpc_error().code, rpc::code::NODE_UNHEALTHY);
+        assert_eq!(
+            e.rpc_error().message,
+            "Node is unhealthy: no leader known to send to"
+        );
+        assert_eq!(s.metrics.accounting.snapshot().accepted, 0);
+        assert!(s.ready().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_stopped_engine_is_refused_as_unhealthy() {
+        let engine = engine();
+        let (s, _queue) = service(leader(), ServiceConfig::default(), &engine);
+        assert!(s.ready().is_ok());
+        engine.shutdown().expect("shutdown");
+        let e = s.send(request()).expect_err("refused");
+        assert_eq!(e, SendError::NotReady("the QUIC engine has stopped"));
+        assert_eq!(e.rpc_error().code, rpc::code::NODE_UNHEALTHY);
+        assert_eq!(s.metrics.accounting.snapshot().accepted, 0);
+        assert_eq!(s.ready(), Err("the QUIC engine has stopped".into()));
+    }
+
+    #[tokio::test]
+    async fn a_full_ledger_is_refused_as_too_many() {
+        let engine = engine();
+        let config = ServiceConfig {
+            max_tracked: 2,
+            ..ServiceConfig::default()
+        };
+        let (s, _queue) = service(leader(), config, &engine);
+        assert!(s.send(request()).is_ok());
+        assert!(s.send(request()).is_ok());
+        let e = s.send(request()).expect_err("refused");
+        assert_eq!(e, SendError::QueueFull);
+        assert_eq!(e.rpc_error().code, rpc::code::QUEUE_FULL);
+        assert_eq!(s.metrics.accounting.snapshot().accepted, 2);
+    }
 }

@@ -1,0 +1,584 @@
+//! The transaction ledger: every accepted transaction from acceptance to its one
+//! terminal state, owned by exactly one task (the forwarder). Sans-IO: the owner
+//! feeds it what happened (accepted, handed to the engine for these leaders, the
+//! engine's outcome, landed, the time) and performs what [`Ledger::tick`] asks for
+//! (send this attempt, this one is retired). Every per-transaction operation is O(1)
+//! or O(log n) in the number of tracked transactions: entries by id and by signature
+//! in hash maps, what is due next in a time-ordered set, ended records in the order
+//! they ended. Only the whole-ledger calls walk every record: the list of
+//! signatures to poll (once per status interval) and shutdown.
+//!
+//! Two accountings meet here. The first send: accepted = sent + dropped{reason} +
+//! in flight (the first attempt's outcomes still arriving). The life: every accepted
+//! transaction ends in exactly one [`Terminal`] state, and nothing is sent after it.
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use afterburner_quic::{DropReason, OutcomeKind};
+use solana_sdk::signature::Signature;
+use strum::{EnumIter, IntoStaticStr};
+
+#[cfg(test)]
+mod tests;
+
+/// A transaction's id in the ledger (and, times [`ATTEMPTS`] plus the attempt, in
+/// the engine).
+pub type TxId = u64;
+
+/// Engine ids: a transaction's id times this, plus the attempt number.
+pub const ATTEMPTS: u64 = 1 << 16;
+
+/// How a transaction's life ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, IntoStaticStr, EnumIter)]
+#[strum(serialize_all = "snake_case")]
+pub enum Terminal {
+    /// Seen landed at the configured commitment.
+    Landed,
+    /// Too old to land.
+    Expired,
+    /// Sent as many times as allowed (`maxRetries`; 0: only the first send).
+    RetriesExhausted,
+    /// The gateway shut down first.
+    Shutdown,
+}
+
+impl Terminal {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// Why a first send reached no leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FirstDrop {
+    /// No leader was known to send to.
+    NoLeader,
+    /// The engine dropped it (the last reason among its targets).
+    Engine(DropReason),
+}
+
+impl FirstDrop {
+    /// The metric label (one of `metrics::FIRST_DROP_LABELS`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NoLeader => "no_leader",
+            Self::Engine(r) => r.label(),
+        }
+    }
+}
+
+/// Where a transaction is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Accepted; its first send has not been handed to the engine yet.
+    Queued,
+    /// Sent at least once (or tried to); rebroadcast until it ends.
+    InFlight,
+    /// Ended, at this time.
+    Ended(Terminal, Instant),
+}
+
+/// One send of one attempt to one leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendRecord {
+    /// 0 for the first send, then one per rebroadcast.
+    pub attempt: u32,
+    /// The leader's TPU address (`None`: no leader was known).
+    pub target: Option<SocketAddr>,
+    /// When it was handed to the engine.
+    pub at: Instant,
+    /// The engine's outcome, once reported.
+    pub outcome: Option<OutcomeKind>,
+}
+
+/// What a new transaction brings.
+#[derive(Clone, Debug)]
+pub struct NewTx {
+    /// Its first signature.
+    pub signature: Signature,
+    /// The wire bytes.
+    pub wire: Arc<[u8]>,
+    /// Rebroadcasts allowed after the first send (`None`: until it ends otherwise).
+    pub max_retries: Option<usize>,
+    /// When its request had been read.
+    pub received_at: Instant,
+}
+
+/// What the owner must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Hand attempt `attempt` of `id` to the engine (for the current leaders), then
+    /// report it with [`Ledger::on_submitted`].
+    Send {
+        /// The transaction.
+        id: TxId,
+        /// Its attempt number.
+        attempt: u32,
+        /// The bytes.
+        wire: Arc<[u8]>,
+    },
+    /// `id` ended (count it, release what it held).
+    Retired {
+        /// The transaction.
+        id: TxId,
+        /// How.
+        terminal: Terminal,
+        /// From acceptance to its end.
+        age: Duration,
+    },
+}
+
+/// Bounds and policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// Rebroadcast interval.
+    pub retry_interval: Duration,
+    /// Slots after acceptance a transaction may still land (agave: 150).
+    pub expiry_slots: u64,
+    /// Slot duration, for expiry while no slot is known.
+    pub slot_duration: Duration,
+    /// Sends recorded per transaction (the lifecycle keeps the first ones).
+    pub max_send_records: usize,
+    /// Ended transactions kept for lookups this long...
+    pub keep_ended: Duration,
+    /// ...and at most this many.
+    pub max_ended: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            retry_interval: Duration::from_secs(2),
+            expiry_slots: 150,
+            slot_duration: Duration::from_millis(400),
+            max_send_records: 64,
+            keep_ended: Duration::from_secs(600),
+            max_ended: 100_000,
+        }
+    }
+}
+
+/// The first send's accounting, until every target reported.
+#[derive(Clone, Copy, Debug)]
+struct First {
+    /// Outcomes still to come (`None`: not handed to the engine yet).
+    pending: Option<usize>,
+    sent: bool,
+    last_drop: Option<FirstDrop>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Expiry {
+    Slot(u64),
+    At(Instant),
+}
+
+/// One transaction's record.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// Its first signature.
+    pub signature: Signature,
+    /// When its request had been read.
+    pub received_at: Instant,
+    /// When the ledger took it.
+    pub accepted_at: Instant,
+    /// Where it is.
+    pub state: State,
+    /// Its sends, oldest first (at most [`LedgerConfig::max_send_records`]).
+    pub sends: Vec<SendRecord>,
+    /// How its first send ended (`None`: still in flight; `Some(Ok)`: sent).
+    pub first_send: Option<Result<(), FirstDrop>>,
+    /// The slot it landed in, when it did.
+    pub landed_slot: Option<u64>,
+    wire: Arc<[u8]>,
+    retries_left: Option<usize>,
+    attempts: u32,
+    expires: Expiry,
+    next_due: Option<Instant>,
+    first: First,
+}
+
+/// What a step changed in the first-send accounting, for the owner to count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstSendDone {
+    /// Reached at least one leader.
+    Sent,
+    /// Reached none.
+    Dropped(FirstDrop),
+}
+
+/// The ledger. See the module documentation.
+#[derive(Debug)]
+pub struct Ledger {
+    config: LedgerConfig,
+    next_id: TxId,
+    records: HashMap<TxId, Record>,
+    by_signature: HashMap<Signature, TxId>,
+    /// When each live transaction is next due, in time order.
+    due: BTreeSet<(Instant, TxId)>,
+    /// Ended transactions, in the order they ended (for forgetting them).
+    ended: VecDeque<TxId>,
+    slot: Option<u64>,
+    live: usize,
+    /// Transactions whose first send has not settled.
+    unsettled: usize,
+    /// First sends that finished since the last [`Self::take_first_sends`].
+    first_done: Vec<(TxId, FirstSendDone)>,
+}
+
+impl Ledger {
+    /// An empty ledger.
+    pub fn new(config: LedgerConfig) -> Self {
+        Self {
+            config,
+            next_id: 0,
+            records: HashMap::new(),
+            by_signature: HashMap::new(),
+            due: BTreeSet::new(),
+            ended: VecDeque::new(),
+            slot: None,
+            live: 0,
+            unsettled: 0,
+            first_done: Vec::new(),
+        }
+    }
+
+    /// Transactions not yet ended.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    /// Takes `tx`; its first send is due at once (the next [`Self::tick`]).
+    pub fn accept(&mut self, tx: NewTx, now: Instant) -> TxId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let expires = match self.slot {
+            Some(s) => Expiry::Slot(s + self.config.expiry_slots),
+            None => Expiry::At(
+                now + self
+                    .config
+                    .slot_duration
+                    .saturating_mul(u32::try_from(self.config.expiry_slots).unwrap_or(u32::MAX)),
+            ),
+        };
+        // A signature seen again after its record was forgotten is a new life; the
+        // lookup follows the newest.
+        self.by_signature.insert(tx.signature, id);
+        self.records.insert(
+            id,
+            Record {
+                signature: tx.signature,
+                received_at: tx.received_at,
+                accepted_at: now,
+                state: State::Queued,
+                sends: Vec::new(),
+                first_send: None,
+                landed_slot: None,
+                wire: tx.wire,
+                retries_left: tx.max_retries,
+                attempts: 0,
+                expires,
+                next_due: Some(now),
+                first: First {
+                    pending: None,
+                    sent: false,
+                    last_drop: None,
+                },
+            },
+        );
+        self.due.insert((now, id));
+        self.live += 1;
+        self.unsettled += 1;
+        id
+    }
+
+    /// The record of `id`.
+    pub fn get(&self, id: TxId) -> Option<&Record> {
+        self.records.get(&id)
+    }
+
+    /// The newest record for `signature`.
+    pub fn find(&self, signature: &Signature) -> Option<&Record> {
+        self.get(*self.by_signature.get(signature)?)
+    }
+
+    /// The signatures of every live transaction that has been sent (for status
+    /// polling).
+    pub fn in_flight_signatures(&self) -> Vec<Signature> {
+        self.records
+            .values()
+            .filter(|r| r.state == State::InFlight)
+            .map(|r| r.signature)
+            .collect()
+    }
+
+    /// The newest slot known.
+    pub fn on_slot(&mut self, slot: u64) {
+        self.slot = Some(self.slot.map_or(slot, |s| s.max(slot)));
+    }
+
+    /// Everything due at `now`: sends (first and rebroadcasts) and retirements, in
+    /// `out`.
+    pub fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        while let Some(&(at, id)) = self.due.first() {
+            if at > now {
+                break;
+            }
+            self.due.pop_first();
+            let Some(r) = self.records.get_mut(&id) else {
+                continue;
+            };
+            r.next_due = None;
+            if matches!(r.state, State::Ended(..)) {
+                continue;
+            }
+            let first = r.attempts == 0;
+            let expired = !first
+                && match r.expires {
+                    Expiry::Slot(s) => self.slot.is_some_and(|cur| cur > s),
+                    Expiry::At(at) => now >= at,
+                };
+            if expired {
+                self.end(id, Terminal::Expired, now, out);
+            } else if !first && r.retries_left == Some(0) {
+                self.end(id, Terminal::RetriesExhausted, now, out);
+            } else {
+                if !first {
+                    r.retries_left = r.retries_left.map(|n| n.saturating_sub(1));
+                }
+                let attempt = r.attempts;
+                r.attempts += 1;
+                r.state = State::InFlight;
+                let next = now + self.config.retry_interval;
+                r.next_due = Some(next);
+                self.due.insert((next, id));
+                out.push(Action::Send {
+                    id,
+                    attempt,
+                    wire: r.wire.clone(),
+                });
+            }
+        }
+        self.forget_ended(now);
+    }
+
+    /// Attempt `attempt` of `id` was handed to the engine for `targets` at `now`
+    /// (empty: no leader was known). Its outcomes follow through
+    /// [`Self::on_send_outcome`], one per target.
+    pub fn on_submitted(&mut self, id: TxId, attempt: u32, targets: &[SocketAddr], now: Instant) {
+        let max = self.config.max_send_records;
+        let Some(r) = self.records.get_mut(&id) else {
+            return;
+        };
+        if targets.is_empty() {
+            if r.sends.len() < max {
+                r.sends.push(SendRecord {
+                    attempt,
+                    target: None,
+                    at: now,
+                    outcome: None,
+                });
+            }
+        } else {
+            let room = max.saturating_sub(r.sends.len());
+            r.sends
+                .extend(targets.iter().take(room).map(|&t| SendRecord {
+                    attempt,
+                    target: Some(t),
+                    at: now,
+                    outcome: None,
+                }));
+        }
+        if attempt == 0 && r.first.pending.is_none() {
+            r.first.pending = Some(targets.len());
+            if targets.is_empty() {
+                r.first.last_drop = Some(FirstDrop::NoLeader);
+                self.settle_first(id);
+            }
+        }
+    }
+
+    /// The engine's outcome for attempt `attempt` of `id` to `target`. Returns true
+    /// when this is the transaction's first stream written (its first frame on the
+    /// wire: the request -> wire latency ends here).
+    pub fn on_send_outcome(
+        &mut self,
+        id: TxId,
+        attempt: u32,
+        target: SocketAddr,
+        kind: OutcomeKind,
+    ) -> bool {
+        let Some(r) = self.records.get_mut(&id) else {
+            return false;
+        };
+        if let Some(s) = r
+            .sends
+            .iter_mut()
+            .find(|s| s.attempt == attempt && s.target == Some(target) && s.outcome.is_none())
+        {
+            s.outcome = Some(kind);
+        }
+        if attempt != 0 {
+            return false;
+        }
+        let Some(pending) = r.first.pending.as_mut() else {
+            return false;
+        };
+        if *pending == 0 {
+            return false;
+        }
+        *pending -= 1;
+        let first_frame = kind == OutcomeKind::Sent && !r.first.sent;
+        match kind {
+            OutcomeKind::Sent => r.first.sent = true,
+            OutcomeKind::Dropped(reason) => r.first.last_drop = Some(FirstDrop::Engine(reason)),
+        }
+        if *pending == 0 {
+            self.settle_first(id);
+        }
+        first_frame
+    }
+
+    /// `signature` was seen landed at the configured commitment, in `slot` if known.
+    pub fn on_landed(
+        &mut self,
+        signature: &Signature,
+        slot: Option<u64>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(&id) = self.by_signature.get(signature) else {
+            return;
+        };
+        if let Some(r) = self.records.get_mut(&id)
+            && r.state == State::InFlight
+        {
+            r.landed_slot = slot;
+            self.end(id, Terminal::Landed, now, out);
+        }
+    }
+
+    /// Ends every live transaction with [`Terminal::Shutdown`]. First sends still
+    /// in flight keep waiting for their outcomes; [`Self::abandon_first_sends`] ends
+    /// that wait.
+    pub fn shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let live: Vec<TxId> = self
+            .records
+            .iter()
+            .filter(|(_, r)| !matches!(r.state, State::Ended(..)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in live {
+            self.end(id, Terminal::Shutdown, now, out);
+        }
+    }
+
+    /// Whether any first send still waits for outcomes (or was never made).
+    pub fn first_sends_pending(&self) -> bool {
+        self.unsettled > 0
+    }
+
+    /// Counts every first send still without all its outcomes as dropped with
+    /// `reason` (they cannot arrive any more).
+    pub fn abandon_first_sends(&mut self, reason: DropReason) {
+        let ids: Vec<TxId> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.first_send.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(r) = self.records.get_mut(&id)
+                && !r.first.sent
+            {
+                r.first.last_drop = Some(FirstDrop::Engine(reason));
+            }
+            self.settle_first(id);
+        }
+    }
+
+    /// First sends that finished since the last call (each exactly once).
+    pub fn take_first_sends(&mut self) -> std::vec::Drain<'_, (TxId, FirstSendDone)> {
+        self.first_done.drain(..)
+    }
+
+    fn settle_first(&mut self, id: TxId) {
+        let Some(r) = self.records.get_mut(&id) else {
+            return;
+        };
+        if r.first_send.is_some() {
+            return;
+        }
+        r.first.pending = Some(0);
+        self.unsettled -= 1;
+        let done = if r.first.sent {
+            r.first_send = Some(Ok(()));
+            FirstSendDone::Sent
+        } else {
+            let reason = r.first.last_drop.unwrap_or(FirstDrop::NoLeader);
+            r.first_send = Some(Err(reason));
+            FirstSendDone::Dropped(reason)
+        };
+        self.first_done.push((id, done));
+    }
+
+    fn end(&mut self, id: TxId, terminal: Terminal, now: Instant, out: &mut Vec<Action>) {
+        let Some(r) = self.records.get_mut(&id) else {
+            return;
+        };
+        if matches!(r.state, State::Ended(..)) {
+            return;
+        }
+        r.state = State::Ended(terminal, now);
+        if let Some(at) = r.next_due.take() {
+            self.due.remove(&(at, id));
+        }
+        self.live -= 1;
+        self.ended.push_back(id);
+        out.push(Action::Retired {
+            id,
+            terminal,
+            age: now.saturating_duration_since(r.accepted_at),
+        });
+    }
+
+    /// Forgets ended records past the retention time or count; a record whose first
+    /// send still waits for outcomes is kept until they are in.
+    fn forget_ended(&mut self, now: Instant) {
+        while let Some(&id) = self.ended.front() {
+            let Some(r) = self.records.get(&id) else {
+                self.ended.pop_front();
+                continue;
+            };
+            let State::Ended(_, at) = r.state else {
+                self.ended.pop_front();
+                continue;
+            };
+            let old = now.saturating_duration_since(at) >= self.config.keep_ended;
+            if !old && self.ended.len() <= self.config.max_ended {
+                break;
+            }
+            if r.first_send.is_none() {
+                // Its outcomes are still coming (for at most the engine's handshake
+                // timeout); a later tick forgets it, and what ended after it.
+                break;
+            }
+            self.ended.pop_front();
+            self.remove(id);
+        }
+    }
+
+    fn remove(&mut self, id: TxId) {
+        if let Some(r) = self.records.remove(&id)
+            && self.by_signature.get(&r.signature) == Some(&id)
+        {
+            self.by_signature.remove(&r.signature);
+        }
+    }
+}
