@@ -1,19 +1,24 @@
 //! HTTP routes: JSON-RPC on `POST /`, raw or JSON transactions on
-//! `POST /v1/transactions`, `/health`, `/ready`; and `/metrics` on its own listener.
+//! `POST /v1/transactions`, a transaction's lifecycle on
+//! `GET /v1/transactions/{signature}`, `/health`, `/ready`; and `/metrics` on its
+//! own listener. Every ingress answer names the instance that gave it
+//! (`x-afterburner-instance`): a lifecycle lives where its transaction was accepted.
 
 use std::sync::Arc;
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, State},
+    extract::{DefaultBodyLimit, Path, State},
     http::{HeaderMap, StatusCode, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use prometheus::Encoder as _;
 use serde::Deserialize;
 use serde_json::json;
+use solana_sdk::signature::Signature;
 
 use crate::{
     rpc::{self, SendError, SendOptions},
@@ -21,15 +26,64 @@ use crate::{
     validate::{self, Encoding},
 };
 
+/// The response header naming the instance.
+pub const INSTANCE_HEADER: &str = "x-afterburner-instance";
+
 /// The ingress router.
 pub fn router(service: Arc<Service>, max_body: usize) -> Router {
     Router::new()
         .route("/", post(json_rpc))
         .route("/v1/transactions", post(transactions))
+        .route("/v1/transactions/{signature}", get(lifecycle))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::map_response_with_state(
+            service.clone(),
+            name_instance,
+        ))
         .with_state(service)
+}
+
+async fn name_instance(State(service): State<Arc<Service>>, mut response: Response) -> Response {
+    if let Ok(v) = header::HeaderValue::from_str(service.instance()) {
+        response.headers_mut().insert(INSTANCE_HEADER, v);
+    }
+    response
+}
+
+/// `GET /v1/transactions/{signature}`: the lifecycle record, 404 when this instance
+/// does not know the signature (never accepted here, or forgotten).
+async fn lifecycle(State(service): State<Arc<Service>>, Path(signature): Path<String>) -> Response {
+    let Ok(signature) = signature.parse::<Signature>() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "not a base58 transaction signature"})),
+        )
+            .into_response();
+    };
+    match service.lifecycle(signature).await {
+        Ok(Some(record)) => Json(record).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({
+                "error": "unknown signature: not accepted by this instance, or forgotten",
+                "instance": service.instance(),
+            })),
+        )
+            .into_response(),
+        Err(e) => {
+            let mut out = (
+                status_of(&e),
+                Json(json!({ "error": e.rpc_error().to_json() })),
+            )
+                .into_response();
+            if out.status() == StatusCode::TOO_MANY_REQUESTS {
+                too_many(&mut out);
+            }
+            out
+        }
+    }
 }
 
 /// The metrics router.

@@ -182,15 +182,16 @@ impl Gateway {
             verify_signatures: config.validation.verify_signatures,
             status_interval: Duration::from_millis(config.retry.status_interval_ms),
             latency_samples: samples,
+            instance: instance_name(),
         };
-        let (service, queue) = Service::new(
+        let (service, intake) = Service::new(
             service_config,
             leaders,
             metrics,
             preflight,
             engine.submitter(),
         );
-        let forwarder = Forwarder::new(queue, outcomes, engine, &service, rpc_client);
+        let forwarder = Forwarder::new(intake, outcomes, engine, &service, rpc_client);
         let (stop, stop_rx) = watch::channel(false);
         let deadline = config.shutdown_deadline();
         let forwarder = tokio::spawn(forwarder.run(stop_rx.clone(), deadline));
@@ -259,6 +260,16 @@ impl Gateway {
             "final accounting"
         );
     }
+}
+
+/// This instance's name: the host's (a pod's name in Kubernetes), else
+/// `afterburner`.
+fn instance_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "afterburner".into())
 }
 
 /// Installs the `tracing` subscriber the configuration asks for (`[log]`); `RUST_LOG`

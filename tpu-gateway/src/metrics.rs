@@ -176,7 +176,9 @@ impl Collector for AccountingCollector {
 }
 
 /// How tracked transactions leave the retry set.
-pub const RETIRE_STATES: [&str; 4] = ["landed", "expired", "retries_exhausted", "shutdown"];
+pub fn retire_states() -> impl Iterator<Item = &'static str> {
+    crate::ledger::Terminal::iter().map(crate::ledger::Terminal::label)
+}
 
 /// Every metric the gateway registers itself.
 #[derive(Clone, Debug)]
@@ -195,7 +197,7 @@ pub struct Metrics {
     pub sends: IntCounterVec,
     /// Rebroadcasts.
     pub retries: IntCounter,
-    /// Tracked transactions leaving the retry set, by state ([`RETIRE_STATES`]).
+    /// Tracked transactions leaving the retry set, by state ([`retire_states`]).
     pub retired: IntCounterVec,
     /// Transactions tracked for rebroadcast (gauge).
     pub tracked: IntGauge,
@@ -331,7 +333,7 @@ impl Metrics {
             m.sends.with_label_values(&[r]);
         }
         m.sends.with_label_values(&["sent"]);
-        for s in RETIRE_STATES {
+        for s in retire_states() {
             m.retired.with_label_values(&[s]);
         }
         Ok(m)

@@ -13,6 +13,7 @@ use serde::{
     de::{MapAccess, SeqAccess, Visitor},
 };
 use serde_json::{Value, json};
+use solana_sdk::signature::Signature;
 use strum::{EnumIter, IntoStaticStr};
 
 use crate::validate::{self, Encoding, ValidationError};
@@ -262,6 +263,11 @@ pub trait Sender: Send + Sync {
     fn send(&self, request: SendRequest) -> Result<String, SendError>;
     /// Whether signatures are verified.
     fn verify_signatures(&self) -> bool;
+    /// The lifecycle record of `signature` (`None`: not known to this instance).
+    ///
+    /// # Errors
+    /// Why it could not be asked.
+    fn lifecycle(&self, signature: Signature) -> Result<Option<Value>, SendError>;
     /// Whether the node is healthy (`getHealth`), or why not.
     ///
     /// # Errors
@@ -308,6 +314,9 @@ pub enum Method {
     GetHealth,
     /// `getVersion`.
     GetVersion,
+    /// `afterburner_getTransaction`: a transaction's lifecycle (ours).
+    #[strum(serialize = "afterburner_getTransaction")]
+    GetTransaction,
     /// A method we do not serve.
     Other,
     /// Not a request, or no method name.
@@ -320,6 +329,7 @@ impl Method {
             "sendTransaction" => Self::SendTransaction,
             "getHealth" => Self::GetHealth,
             "getVersion" => Self::GetVersion,
+            "afterburner_getTransaction" => Self::GetTransaction,
             _ => Self::Other,
         }
     }
@@ -489,6 +499,16 @@ fn call(
             })),
             None,
         ),
+        Method::GetTransaction => match parse_signature_param(params) {
+            Ok(signature) => (
+                sender
+                    .lifecycle(signature)
+                    .map(|r| r.unwrap_or(Value::Null))
+                    .map_err(|e| e.rpc_error()),
+                None,
+            ),
+            Err(e) => (Err(e.rpc_error()), None),
+        },
         Method::Other | Method::Invalid => (
             Err(RpcError::plain(code::METHOD_NOT_FOUND, "Method not found")),
             None,
@@ -506,6 +526,19 @@ fn send_transaction(
     let encoding = Encoding::parse(options.encoding.as_deref().unwrap_or("base58"))?;
     let wire = validate::decode(&data, encoding)?;
     submit(sender, wire, options, received_at)
+}
+
+/// `[signature]` (base58) for `afterburner_getTransaction`.
+fn parse_signature_param(params: Value) -> Result<Signature, SendError> {
+    let invalid = || SendError::InvalidParams("Invalid params: expected [signature]".into());
+    match params {
+        Value::Array(items) if items.len() == 1 => items[0]
+            .as_str()
+            .ok_or_else(invalid)?
+            .parse()
+            .map_err(|_| SendError::InvalidParams("Invalid param: Invalid".into())),
+        _ => Err(invalid()),
+    }
 }
 
 /// `[data, options?]` as jsonrpc-core's positional params parse them.
@@ -719,6 +752,10 @@ mod tests {
             *self.sent.lock().unwrap() += 1;
             Ok(request.tx.signature.to_string())
         }
+        fn lifecycle(&self, _: Signature) -> Result<Option<Value>, SendError> {
+            Ok(None)
+        }
+
         fn verify_signatures(&self) -> bool {
             true
         }

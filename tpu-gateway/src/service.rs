@@ -12,21 +12,25 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use afterburner_quic::{
     Availability, DropReason, EngineHandle, EngineSubmitter, Outcome, OutcomeKind, Submission,
 };
+use serde_json::{Value, json};
 use solana_client::nonblocking::rpc_client::RpcClient;
 use solana_commitment_config::CommitmentConfig;
 use solana_sdk::signature::Signature;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::{
     dedup::Dedup,
     leaders::LeaderSource,
-    ledger::{ATTEMPTS, Action, FirstSendDone, Ledger, LedgerConfig, NewTx, Terminal, TxId},
+    ledger::{
+        ATTEMPTS, Action, FirstSendDone, Ledger, LedgerConfig, NewTx, Record, State as LedgerState,
+        Terminal, TxId,
+    },
     metrics::Metrics,
     rpc::{self, RejectReason, SendError, SendRequest},
 };
@@ -56,6 +60,9 @@ pub struct ServiceConfig {
     pub status_interval: Duration,
     /// Keep up to this many raw request -> wire latencies (benchmarks; 0: none).
     pub latency_samples: usize,
+    /// This instance's name: every answer carries it (`x-afterburner-instance`), since
+    /// a transaction's lifecycle lives in the instance that accepted it.
+    pub instance: String,
 }
 
 impl Default for ServiceConfig {
@@ -72,6 +79,7 @@ impl Default for ServiceConfig {
             verify_signatures: true,
             status_interval: Duration::from_secs(1),
             latency_samples: 0,
+            instance: "afterburner".into(),
         }
     }
 }
@@ -98,12 +106,27 @@ pub struct Admitted {
     room: OwnedSemaphorePermit,
 }
 
+/// A question for the forwarder, answered from the ledger it owns.
+#[derive(Debug)]
+pub enum Query {
+    /// The lifecycle record of the newest transaction with this signature.
+    Lifecycle(Signature, oneshot::Sender<Option<Value>>),
+}
+
+/// What the forwarder takes in: admitted transactions and questions.
+#[derive(Debug)]
+pub struct Intake {
+    admitted: mpsc::Receiver<Admitted>,
+    queries: mpsc::Receiver<Query>,
+}
+
 /// The front half: what request handlers call. It admits a transaction only when
 /// it can be sent (leaders known, the engine running with room, the ledger with
 /// room), without waiting on the forwarder: bounded, non-blocking checks, then a
 /// `try_send` into the forwarder's queue.
 pub struct Service {
     queue: mpsc::Sender<Admitted>,
+    queries: mpsc::Sender<Query>,
     engine: EngineSubmitter,
     /// Places in the ledger: one per live transaction, returned when it ends.
     room: Arc<Semaphore>,
@@ -125,19 +148,21 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// The service and the receiving end of its queue (for [`Forwarder::new`]).
+    /// The service and what its forwarder takes in (for [`Forwarder::new`]).
     pub fn new(
         config: ServiceConfig,
         leaders: Arc<dyn LeaderSource>,
         metrics: Metrics,
         preflight: Preflight,
         engine: EngineSubmitter,
-    ) -> (Arc<Self>, mpsc::Receiver<Admitted>) {
-        let (queue, rx) = mpsc::channel(config.queue.max(1));
+    ) -> (Arc<Self>, Intake) {
+        let (queue, admitted) = mpsc::channel(config.queue.max(1));
+        let (queries, query_rx) = mpsc::channel(QUERY_QUEUE);
         let dedup = Mutex::new(Dedup::new(config.dedup_window, config.dedup_capacity));
         (
             Arc::new(Self {
                 queue,
+                queries,
                 engine,
                 room: Arc::new(Semaphore::new(config.max_tracked.max(1))),
                 dedup,
@@ -148,8 +173,37 @@ impl Service {
                 accepting: AtomicBool::new(true),
                 samples: Arc::new(Mutex::new(Samples::default())),
             }),
-            rx,
+            Intake {
+                admitted,
+                queries: query_rx,
+            },
         )
+    }
+
+    /// This instance's name (see [`ServiceConfig::instance`]).
+    pub fn instance(&self) -> &str {
+        &self.config.instance
+    }
+
+    /// The lifecycle record of `signature` (`None`: not known here), asked of the
+    /// forwarder that owns the ledger.
+    ///
+    /// # Errors
+    /// [`SendError::QueueFull`] when too many questions wait; `NotReady` when the
+    /// forwarder has stopped or does not answer in time.
+    pub async fn lifecycle(&self, signature: Signature) -> Result<Option<Value>, SendError> {
+        let (reply, answer) = oneshot::channel();
+        self.queries
+            .try_send(Query::Lifecycle(signature, reply))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SendError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => SendError::NotReady("shutting down"),
+            })?;
+        match tokio::time::timeout(QUERY_TIMEOUT, answer).await {
+            Ok(Ok(record)) => Ok(record),
+            Ok(Err(_)) => Err(SendError::NotReady("shutting down")),
+            Err(_) => Err(SendError::NotReady("the ledger did not answer in time")),
+        }
     }
 
     /// The per-stage latencies kept so far (see [`ServiceConfig::latency_samples`]),
@@ -319,6 +373,17 @@ impl rpc::Sender for Service {
         self.config.verify_signatures
     }
 
+    fn lifecycle(&self, signature: Signature) -> Result<Option<Value>, SendError> {
+        let handle = tokio::runtime::Handle::current();
+        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            return Err(SendError::Internal(
+                "lifecycle needs a multi-threaded runtime",
+            ));
+        }
+        // Handlers run on the runtime: block in place for the forwarder's answer.
+        tokio::task::block_in_place(|| handle.block_on(Service::lifecycle(self, signature)))
+    }
+
     fn health(&self) -> Result<(), String> {
         self.ready()
     }
@@ -383,6 +448,7 @@ struct Samples {
 /// engine handle. It is the only task that sends.
 pub struct Forwarder {
     queue: mpsc::Receiver<Admitted>,
+    queries: mpsc::Receiver<Query>,
     outcomes: OutcomeReceiver,
     engine: Option<EngineHandle>,
     samples: Arc<Mutex<Samples>>,
@@ -427,7 +493,7 @@ pub fn outcome_channel() -> (impl FnMut(Outcome) + Send + 'static, OutcomeReceiv
 impl Forwarder {
     /// The forwarder for `service`'s queue.
     pub fn new(
-        queue: mpsc::Receiver<Admitted>,
+        intake: Intake,
         outcomes: OutcomeReceiver,
         engine: EngineHandle,
         service: &Service,
@@ -441,7 +507,8 @@ impl Forwarder {
             ..LedgerConfig::default()
         });
         Self {
-            queue,
+            queue: intake.admitted,
+            queries: intake.queries,
             outcomes,
             engine: Some(engine),
             samples: service.samples.clone(),
@@ -478,6 +545,7 @@ impl Forwarder {
                     self.step(Instant::now());
                 }
                 Some((o, at)) = self.outcomes.recv() => self.outcome(o, at),
+                Some(q) = self.queries.recv() => self.answer(q),
                 Some(landed) = landed_rx.recv() => {
                     status_busy = false;
                     let now = Instant::now();
@@ -502,6 +570,20 @@ impl Forwarder {
             }
         }
         self.finish(deadline).await;
+    }
+
+    fn answer(&self, q: Query) {
+        match q {
+            Query::Lifecycle(signature, reply) => {
+                let now = Instant::now();
+                let record = self
+                    .ledger
+                    .find(&signature)
+                    .map(|r| lifecycle_json(r, now, &self.config.instance));
+                // The asker may have given up: nothing to do then.
+                let _ = reply.send(record);
+            }
+        }
     }
 
     /// Takes an admitted transaction into the ledger.
@@ -716,6 +798,66 @@ impl Forwarder {
     }
 }
 
+/// Questions waiting for the forwarder at most (more: 429).
+const QUERY_QUEUE: usize = 1024;
+/// How long a question waits for the forwarder's answer.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A transaction's lifecycle as `GET /v1/transactions/{signature}` and
+/// `afterburner_getTransaction` answer it (documented in docs/api.md). Times are
+/// milliseconds from acceptance; `acceptedAt` is the wall clock (Unix ms).
+pub fn lifecycle_json(r: &Record, now: Instant, instance: &str) -> Value {
+    let ms = |at: Instant| at.saturating_duration_since(r.accepted_at).as_secs_f64() * 1e3;
+    let wall = SystemTime::now()
+        .checked_sub(now.saturating_duration_since(r.accepted_at))
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let (state, ended) = match r.state {
+        LedgerState::Queued => ("queued", None),
+        LedgerState::InFlight => ("in_flight", None),
+        LedgerState::Ended(t, at) => (t.label(), Some(ms(at))),
+    };
+    let outcome = |o: Option<OutcomeKind>| match o {
+        None => Value::Null,
+        Some(OutcomeKind::Sent) => json!("sent"),
+        Some(OutcomeKind::Dropped(reason)) => json!(format!("dropped: {}", reason.label())),
+    };
+    let sends: Vec<Value> = r
+        .sends
+        .iter()
+        .map(|s| {
+            json!({
+                "attempt": s.attempt,
+                "target": s.target.map(|t| t.to_string()),
+                "atMs": ms(s.at),
+                "outcome": outcome(s.outcome),
+            })
+        })
+        .collect();
+    let first_send = match r.first_send {
+        None => Value::Null,
+        Some(Ok(())) => json!({"result": "sent"}),
+        Some(Err(drop)) => json!({"result": "dropped", "reason": drop.label()}),
+    };
+    let landed = match (r.state, r.landed_slot) {
+        (LedgerState::Ended(Terminal::Landed, at), slot) => {
+            json!({"slot": slot, "afterMs": ms(at)})
+        }
+        _ => Value::Null,
+    };
+    json!({
+        "signature": r.signature.to_string(),
+        "instance": instance,
+        "state": state,
+        "acceptedAt": wall,
+        "requestToAcceptMs": r.accepted_at.saturating_duration_since(r.received_at).as_secs_f64() * 1e3,
+        "firstSend": first_send,
+        "sends": sends,
+        "landed": landed,
+        "endedAfterMs": ended,
+    })
+}
+
 /// The signatures among `sigs` that landed at `confirmed` or better, with their
 /// slots (a status seen only at `processed` may still be on a fork that is dropped:
 /// those keep being rebroadcast).
@@ -793,7 +935,7 @@ mod tests {
         leaders: Vec<SocketAddr>,
         config: ServiceConfig,
         engine: &EngineHandle,
-    ) -> (Arc<Service>, mpsc::Receiver<Admitted>) {
+    ) -> (Arc<Service>, Intake) {
         Service::new(
             config,
             Arc::new(StaticLeaders(leaders)),

@@ -15,7 +15,11 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use solana_client::{nonblocking::rpc_client::RpcClient, rpc_config::RpcSendTransactionConfig};
 use solana_sdk::{
-    hash::Hash, pubkey::Pubkey, signature::Keypair, signer::Signer, transaction::Transaction,
+    hash::Hash,
+    pubkey::Pubkey,
+    signature::{Keypair, Signature},
+    signer::Signer,
+    transaction::Transaction,
 };
 use solana_system_interface::instruction as system_instruction;
 use solana_transaction_status_client_types::UiTransactionEncoding;
@@ -543,5 +547,102 @@ async fn unreachable_leader_is_a_counted_drop() {
     );
     assert_accounted(&s.gateway).await;
     assert_eq!(s.server.delivered_count(), 0);
+    s.gateway.shutdown().await;
+}
+
+/// A transaction's lifecycle, from the instance that accepted it: over REST
+/// (`GET /v1/transactions/{signature}`) and JSON-RPC (`afterburner_getTransaction`),
+/// with its sends, their targets and outcomes; the answer names the instance; an
+/// unknown signature is a 404 (REST) or `null` (JSON-RPC).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_of_an_accepted_transaction() {
+    let s = setup("[retry]\ninterval_ms = 100\n").await;
+    let base = format!("http://{}", s.gateway.rpc_addr);
+    let tx = transfer(&Keypair::new(), 7);
+    let sig = tx.signatures[0].to_string();
+    let data = bs58::encode(bincode::serialize(&tx).unwrap()).into_string();
+    let send = json!({"jsonrpc": "2.0", "id": 1, "method": "sendTransaction",
+                      "params": [data, {"skipPreflight": true, "maxRetries": 1}]});
+    let r = reqwest::Client::new()
+        .post(format!("{base}/"))
+        .header("content-type", "application/json")
+        .body(send.to_string())
+        .send()
+        .await
+        .unwrap();
+    let instance = r
+        .headers()
+        .get("x-afterburner-instance")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+        .expect("the answer names its instance");
+    assert!(!instance.is_empty());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"], sig);
+    assert_eq!(
+        s.server.wait_for(2, Duration::from_secs(10)),
+        2,
+        "sent, then once more"
+    );
+
+    // Both sends reported and the transaction retired (maxRetries 1).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let r = reqwest::get(format!("{base}/v1/transactions/{sig}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let record: Value = r.json().await.unwrap();
+        if record["state"] == "retries_exhausted" {
+            break record;
+        }
+        assert!(std::time::Instant::now() < deadline, "{record}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(record["signature"], sig);
+    assert_eq!(record["instance"], instance);
+    assert_eq!(record["firstSend"]["result"], "sent");
+    let sends = record["sends"].as_array().unwrap();
+    assert_eq!(sends.len(), 2, "{record}");
+    for (attempt, send) in sends.iter().enumerate() {
+        assert_eq!(send["attempt"], attempt);
+        assert_eq!(send["target"], s.server.addr.to_string());
+        assert_eq!(send["outcome"], "sent");
+    }
+    assert!(record["landed"].is_null());
+    assert!(record["endedAfterMs"].as_f64().unwrap() >= 100.0);
+
+    let rpc = |params: Value| {
+        json!({"jsonrpc": "2.0", "id": 2, "method": "afterburner_getTransaction", "params": params})
+            .to_string()
+    };
+    let (_, v) = post(&format!("{base}/"), rpc(json!([sig])), "application/json").await;
+    assert_eq!(v["result"]["state"], "retries_exhausted");
+    assert_eq!(v["result"]["sends"], record["sends"]);
+    let unknown = Signature::new_unique().to_string();
+    let (_, v) = post(
+        &format!("{base}/"),
+        rpc(json!([unknown])),
+        "application/json",
+    )
+    .await;
+    assert!(v["result"].is_null(), "{v}");
+    let (_, v) = post(
+        &format!("{base}/"),
+        rpc(json!(["not a signature"])),
+        "application/json",
+    )
+    .await;
+    assert_eq!(v["error"]["code"], -32602);
+
+    let r = reqwest::get(format!("{base}/v1/transactions/{unknown}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = reqwest::get(format!("{base}/v1/transactions/xyz"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_accounted(&s.gateway).await;
     s.gateway.shutdown().await;
 }

@@ -17,6 +17,12 @@ impl Sender for Accepting {
     fn verify_signatures(&self) -> bool {
         true
     }
+    fn lifecycle(
+        &self,
+        _: solana_sdk::signature::Signature,
+    ) -> Result<Option<serde_json::Value>, SendError> {
+        Ok(None)
+    }
     fn health(&self) -> Result<(), String> {
         Ok(())
     }
