@@ -9,16 +9,20 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, State},
+    extract::{DefaultBodyLimit, Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     middleware,
-    response::{IntoResponse, Response},
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, KeepAlive, Sse},
+    },
     routing::{get, post},
 };
 use prometheus::Encoder as _;
 use serde::Deserialize;
 use serde_json::json;
 use solana_sdk::signature::Signature;
+use tokio::sync::broadcast;
 
 use crate::{
     rpc::{self, SendError, SendOptions},
@@ -34,6 +38,7 @@ pub fn router(service: Arc<Service>, max_body: usize) -> Router {
     Router::new()
         .route("/", post(json_rpc))
         .route("/v1/transactions", post(transactions))
+        .route("/v1/transactions/events", get(events))
         .route("/v1/transactions/{signature}", get(lifecycle))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -50,6 +55,53 @@ async fn name_instance(State(service): State<Arc<Service>>, mut response: Respon
         response.headers_mut().insert(INSTANCE_HEADER, v);
     }
     response
+}
+
+/// The query of `GET /v1/transactions/events`.
+#[derive(Debug, Deserialize)]
+struct EventFilter {
+    /// Only this transaction's events.
+    signature: Option<String>,
+}
+
+/// `GET /v1/transactions/events[?signature=…]`: lifecycle events as they happen,
+/// as Server-Sent Events (`data:` one JSON object each). A subscriber that falls
+/// more than `service::EVENT_BUFFER` events behind gets a `lagged` event saying how
+/// many it missed, then continues.
+async fn events(
+    State(service): State<Arc<Service>>,
+    Query(filter): Query<EventFilter>,
+) -> Response {
+    let only = match filter.signature.as_deref().map(str::parse::<Signature>) {
+        None => None,
+        Some(Ok(sig)) => Some(sig),
+        Some(Err(_)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "not a base58 transaction signature"})),
+            )
+                .into_response();
+        }
+    };
+    let rx = service.subscribe();
+    let stream = futures_util::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            let event = match rx.recv().await {
+                Ok(e) if only.is_none_or(|s| s == e.signature) => {
+                    SseEvent::default().data(e.data.to_string())
+                }
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    SseEvent::default().data(json!({"event": "lagged", "missed": n}).to_string())
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            return Some((Ok::<_, std::convert::Infallible>(event), rx));
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// `GET /v1/transactions/{signature}`: the lifecycle record, 404 when this instance

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use solana_client::nonblocking::rpc_client::RpcClient;
 use solana_commitment_config::CommitmentConfig;
 use solana_sdk::signature::Signature;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
 use crate::{
     dedup::Dedup,
@@ -127,6 +127,7 @@ pub struct Intake {
 pub struct Service {
     queue: mpsc::Sender<Admitted>,
     queries: mpsc::Sender<Query>,
+    events: broadcast::Sender<Arc<Event>>,
     engine: EngineSubmitter,
     /// Places in the ledger: one per live transaction, returned when it ends.
     room: Arc<Semaphore>,
@@ -158,11 +159,13 @@ impl Service {
     ) -> (Arc<Self>, Intake) {
         let (queue, admitted) = mpsc::channel(config.queue.max(1));
         let (queries, query_rx) = mpsc::channel(QUERY_QUEUE);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
         let dedup = Mutex::new(Dedup::new(config.dedup_window, config.dedup_capacity));
         (
             Arc::new(Self {
                 queue,
                 queries,
+                events,
                 engine,
                 room: Arc::new(Semaphore::new(config.max_tracked.max(1))),
                 dedup,
@@ -178,6 +181,13 @@ impl Service {
                 queries: query_rx,
             },
         )
+    }
+
+    /// Lifecycle events from now on (each subscriber has its own bounded buffer of
+    /// [`EVENT_BUFFER`]; one that falls behind loses the oldest and is told how
+    /// many).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
     }
 
     /// This instance's name (see [`ServiceConfig::instance`]).
@@ -449,6 +459,7 @@ struct Samples {
 pub struct Forwarder {
     queue: mpsc::Receiver<Admitted>,
     queries: mpsc::Receiver<Query>,
+    events: broadcast::Sender<Arc<Event>>,
     outcomes: OutcomeReceiver,
     engine: Option<EngineHandle>,
     samples: Arc<Mutex<Samples>>,
@@ -509,6 +520,7 @@ impl Forwarder {
         Self {
             queue: intake.admitted,
             queries: intake.queries,
+            events: service.events.clone(),
             outcomes,
             engine: Some(engine),
             samples: service.samples.clone(),
@@ -604,6 +616,30 @@ impl Forwarder {
         );
         self.rooms.insert(id, a.room);
         self.metrics.tracked.set(self.ledger.live() as i64);
+        self.emit(id, now, || json!({"event": "accepted"}));
+    }
+
+    /// Publishes a lifecycle event of `id` (built only when someone listens).
+    fn emit(&self, id: TxId, at: Instant, event: impl FnOnce() -> Value) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let Some(r) = self.ledger.get(id) else {
+            return;
+        };
+        let mut event = event();
+        if let Value::Object(fields) = &mut event {
+            fields.insert("signature".into(), json!(r.signature.to_string()));
+            fields.insert(
+                "atMs".into(),
+                json!(at.saturating_duration_since(r.accepted_at).as_secs_f64() * 1e3),
+            );
+        }
+        // No receiver left since the check: nothing to do.
+        let _ = self.events.send(Arc::new(Event {
+            signature: r.signature,
+            data: event,
+        }));
     }
 
     /// Runs what is due in the ledger at `now`.
@@ -630,6 +666,12 @@ impl Forwarder {
                 }
                 Action::Retired { id, terminal, age } => {
                     self.rooms.remove(&id);
+                    let slot = self.ledger.get(id).and_then(|r| r.landed_slot);
+                    self.emit(
+                        id,
+                        now,
+                        || json!({"event": "ended", "state": terminal.label(), "slot": slot}),
+                    );
                     if terminal == Terminal::Landed {
                         self.metrics.landing.observe(age.as_secs_f64());
                     }
@@ -644,10 +686,18 @@ impl Forwarder {
         self.actions = actions;
         // Sends refused by the engine may have produced more actions: none are
         // produced by `on_send_outcome`, so one pass suffices.
-        for (_, done) in self.ledger.take_first_sends() {
-            self.metrics.accounting.first_send_done(match done {
+        let settled: Vec<(TxId, FirstSendDone)> = self.ledger.take_first_sends().collect();
+        for (id, done) in settled {
+            let result = match done {
                 FirstSendDone::Sent => Ok(()),
                 FirstSendDone::Dropped(reason) => Err(reason.label()),
+            };
+            self.metrics.accounting.first_send_done(result);
+            self.emit(id, now, || match result {
+                Ok(()) => json!({"event": "first_send", "result": "sent"}),
+                Err(reason) => {
+                    json!({"event": "first_send", "result": "dropped", "reason": reason})
+                }
             });
         }
         self.metrics.tracked.set(self.ledger.live() as i64);
@@ -754,6 +804,9 @@ impl Forwarder {
         };
         self.metrics.sends.with_label_values(&[label]).inc();
         let first_frame = self.ledger.on_send_outcome(id, attempt, target, kind);
+        self.emit(id, at, || {
+            json!({"event": "send", "attempt": attempt, "target": target.to_string(), "outcome": label})
+        });
         if first_frame && let Some(r) = self.ledger.get(id) {
             // The transaction's first frame on the wire: request -> wire latency.
             let d = at.saturating_duration_since(r.received_at);
@@ -797,6 +850,21 @@ impl Forwarder {
         self.perform(Instant::now());
     }
 }
+
+/// A lifecycle event: its transaction, and the JSON clients get (`event`:
+/// `accepted`, `send` (one per leader and attempt, with the engine's outcome),
+/// `first_send` (the first send's result), `ended` (the terminal state); `atMs`
+/// from acceptance).
+#[derive(Debug)]
+pub struct Event {
+    /// The transaction.
+    pub signature: Signature,
+    /// What happened.
+    pub data: Value,
+}
+
+/// Events a subscriber may fall behind by before it loses the oldest.
+pub const EVENT_BUFFER: usize = 4096;
 
 /// Questions waiting for the forwarder at most (more: 429).
 const QUERY_QUEUE: usize = 1024;

@@ -561,6 +561,11 @@ async fn lifecycle_of_an_accepted_transaction() {
     let tx = transfer(&Keypair::new(), 7);
     let sig = tx.signatures[0].to_string();
     let data = bs58::encode(bincode::serialize(&tx).unwrap()).into_string();
+    // Watch its events from before it is sent.
+    let mut events = reqwest::get(format!("{base}/v1/transactions/events?signature={sig}"))
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
     let send = json!({"jsonrpc": "2.0", "id": 1, "method": "sendTransaction",
                       "params": [data, {"skipPreflight": true, "maxRetries": 1}]});
     let r = reqwest::Client::new()
@@ -611,6 +616,36 @@ async fn lifecycle_of_an_accepted_transaction() {
     }
     assert!(record["landed"].is_null());
     assert!(record["endedAfterMs"].as_f64().unwrap() >= 100.0);
+
+    // The event stream told the same story, in order.
+    let mut text = String::new();
+    let mut seen: Vec<Value> = Vec::new();
+    while !seen.iter().any(|e| e["event"] == "ended") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), events.chunk())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            for line in block.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    seen.push(serde_json::from_str(data.trim()).unwrap());
+                }
+            }
+        }
+    }
+    let kinds: Vec<&str> = seen.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["accepted", "send", "first_send", "send", "ended"],
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|e| e["signature"] == sig));
+    assert_eq!(seen[1]["outcome"], "sent");
+    assert_eq!(seen[2]["result"], "sent");
+    assert_eq!(seen[4]["state"], "retries_exhausted");
 
     let rpc = |params: Value| {
         json!({"jsonrpc": "2.0", "id": 2, "method": "afterburner_getTransaction", "params": params})
