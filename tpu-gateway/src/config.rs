@@ -49,7 +49,40 @@ pub struct RpcSection {
     pub listen: SocketAddr,
     /// Largest request body (agave: 50 KiB).
     pub max_request_bytes: usize,
+    /// JSON-RPC methods answered by the cluster RPC (`cluster.rpc_urls`, with
+    /// failover), so a client can use the gateway as its only RPC URL. Empty, or no
+    /// `cluster.rpc_urls` (static leaders only): off, and they answer -32601.
+    pub forward_methods: Vec<String>,
+    /// Forwarded calls in flight at most; more are refused (-32005).
+    pub forward_concurrency: usize,
 }
+
+/// The read methods a sending client needs (blockhash, block height, signature
+/// statuses, account and balance reads, fee estimates, simulation): what
+/// `rpc.forward_methods` holds by default. Not `getProgramAccounts` (heavy), not
+/// `requestAirdrop` (not a read).
+pub const DEFAULT_FORWARD_METHODS: [&str; 20] = [
+    "getAccountInfo",
+    "getBalance",
+    "getBlockHeight",
+    "getEpochInfo",
+    "getFeeForMessage",
+    "getGenesisHash",
+    "getLatestBlockhash",
+    "getMinimumBalanceForRentExemption",
+    "getMultipleAccounts",
+    "getRecentPrioritizationFees",
+    "getSignatureStatuses",
+    "getSignaturesForAddress",
+    "getSlot",
+    "getTokenAccountBalance",
+    "getTokenAccountsByOwner",
+    "getTransaction",
+    "getTransactionCount",
+    "getEpochSchedule",
+    "isBlockhashValid",
+    "simulateTransaction",
+];
 
 /// `[metrics]`
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -262,6 +295,8 @@ impl Default for RpcSection {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8899)),
             max_request_bytes: 50 * 1024,
+            forward_methods: DEFAULT_FORWARD_METHODS.map(String::from).to_vec(),
+            forward_concurrency: 64,
         }
     }
 }
@@ -434,6 +469,9 @@ impl Config {
                 f.reserved_connections,
                 f.peer_connection_cap
             );
+        }
+        if !self.rpc.forward_methods.is_empty() && self.rpc.forward_concurrency == 0 {
+            bail!("rpc.forward_concurrency must be at least 1");
         }
         if self.limits.queue == 0 || self.limits.max_tracked == 0 {
             bail!("limits.queue and limits.max_tracked must be at least 1");

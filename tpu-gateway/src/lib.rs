@@ -9,6 +9,8 @@
 //!
 //! - [`config`]: TOML + environment + flags.
 //! - [`rpc`], [`validate`], [`http`]: the ingress.
+//! - [`upstream`]: drop-in RPC, the allow-listed read methods answered by the
+//!   cluster RPC.
 //! - [`service`], [`ledger`], [`dedup`], [`leaders`]: the send path; the ledger
 //!   owns every accepted transaction until its one terminal state.
 //! - [`metrics`]: everything exported.
@@ -22,6 +24,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod rpc;
 pub mod service;
+pub mod upstream;
 pub mod validate;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
@@ -190,6 +193,12 @@ impl Gateway {
             metrics,
             preflight,
             engine.submitter(),
+            upstream::Upstream::new(
+                &config.cluster.rpc_urls,
+                Duration::from_millis(config.cluster.rpc_timeout_ms),
+                &config.rpc.forward_methods,
+                config.rpc.forward_concurrency,
+            ),
         );
         let forwarder = Forwarder::new(intake, outcomes, engine, &service, rpc_client);
         let (stop, stop_rx) = watch::channel(false);

@@ -187,6 +187,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// JSON-RPC calls by method and result code ("ok" or the error code).
     pub rpc_requests: IntCounterVec,
+    /// Calls answered by the cluster RPC, by method (from the allow-list) and result.
+    pub forwarded: IntCounterVec,
     /// accepted = sent + dropped + in flight, updated and exported as one.
     pub accounting: Arc<Accounting>,
     /// Duplicates answered without a second send.
@@ -232,6 +234,11 @@ impl Metrics {
             rpc_requests: counter_vec(
                 "afterburner_rpc_requests_total",
                 "JSON-RPC calls by method and result",
+                &["method", "result"],
+            )?,
+            forwarded: counter_vec(
+                "afterburner_rpc_forwarded_total",
+                "JSON-RPC calls answered by the cluster RPC, by method and result",
                 &["method", "result"],
             )?,
             accounting: Arc::default(),
@@ -299,6 +306,7 @@ impl Metrics {
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
             Box::new(m.rpc_requests.clone()) as Box<dyn Collector>,
+            Box::new(m.forwarded.clone()),
             Box::new(AccountingCollector {
                 accounting: m.accounting.clone(),
                 desc: Desc::new(

@@ -53,7 +53,7 @@ pub struct RpcError {
 }
 
 impl RpcError {
-    fn plain(code: i64, message: impl Into<String>) -> Self {
+    pub(crate) fn plain(code: i64, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -263,6 +263,13 @@ pub trait Sender: Send + Sync {
     fn send(&self, request: SendRequest) -> Result<String, SendError>;
     /// Whether signatures are verified.
     fn verify_signatures(&self) -> bool;
+    /// Whether `method` is answered by the cluster RPC (drop-in RPC).
+    fn forwards(&self, method: &str) -> bool;
+    /// The cluster RPC's answer to a forwarded `method(params)`.
+    ///
+    /// # Errors
+    /// The RPC's error, or why it could not be asked.
+    fn forward(&self, method: &str, params: Value) -> Result<Value, RpcError>;
     /// The lifecycle record of `signature` (`None`: not known to this instance).
     ///
     /// # Errors
@@ -317,6 +324,8 @@ pub enum Method {
     /// `afterburner_getTransaction`: a transaction's lifecycle (ours).
     #[strum(serialize = "afterburner_getTransaction")]
     GetTransaction,
+    /// A method answered by the cluster RPC (`rpc.forward_methods`).
+    Forwarded,
     /// A method we do not serve.
     Other,
     /// Not a request, or no method name.
@@ -444,10 +453,13 @@ fn handle_one(
     let Item::Object(envelope) = item else {
         return Some(invalid_request(Method::Invalid, &Id::Null, calls));
     };
-    let method = envelope
-        .method
-        .as_deref()
-        .map_or(Method::Invalid, Method::named);
+    let method = match envelope.method.as_deref() {
+        None => Method::Invalid,
+        Some(name) => match Method::named(name) {
+            Method::Other if sender.forwards(name) => Method::Forwarded,
+            m => m,
+        },
+    };
     let id = match envelope.id {
         IdField::Absent => None,
         IdField::Valid(id) => Some(id),
@@ -460,7 +472,8 @@ fn handle_one(
             calls,
         ));
     }
-    let (result, reject) = call(method, envelope.params, sender, received_at);
+    let name = envelope.method.as_deref().unwrap_or_default();
+    let (result, reject) = call(method, name, envelope.params, sender, received_at);
     calls.push(CallRecord {
         method,
         error_code: result.as_ref().err().map(|e| e.code),
@@ -476,11 +489,13 @@ fn handle_one(
 /// Runs one method: its result, and why a send was refused.
 fn call(
     method: Method,
+    name: &str,
     params: Value,
     sender: &dyn Sender,
     received_at: Instant,
 ) -> (Result<Value, RpcError>, Option<RejectReason>) {
     match method {
+        Method::Forwarded => (sender.forward(name, params), None),
         Method::SendTransaction => match send_transaction(params, sender, received_at) {
             Ok(signature) => (Ok(Value::String(signature)), None),
             Err(e) => (Err(e.rpc_error()), Some(e.reason())),
@@ -756,6 +771,14 @@ mod tests {
             Ok(None)
         }
 
+        fn forwards(&self, method: &str) -> bool {
+            method == "getSlot"
+        }
+
+        fn forward(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+            Ok(json!({"forwarded": method, "params": params}))
+        }
+
         fn verify_signatures(&self) -> bool {
             true
         }
@@ -825,6 +848,8 @@ mod tests {
                 "sendTransaction",
                 "getHealth",
                 "getVersion",
+                "afterburner_getTransaction",
+                "forwarded",
                 "other",
                 "invalid"
             ]
@@ -1064,6 +1089,24 @@ mod tests {
         );
         assert_eq!(v["id"], 2.5);
         assert!(v["result"].is_object(), "{v}");
+    }
+
+    /// Methods on the forward list go to the sender's upstream, counted as
+    /// `forwarded`; any other name is still -32601.
+    #[test]
+    fn allow_listed_methods_are_forwarded() {
+        let s = Fake::default();
+        let body = json!({"jsonrpc": "2.0", "id": 3, "method": "getSlot", "params": [{"commitment": "processed"}]});
+        let r = handle_body(body.to_string().as_bytes(), &s, Instant::now());
+        let v = r.body.unwrap();
+        assert_eq!(v["result"]["forwarded"], "getSlot");
+        assert_eq!(v["result"]["params"][0]["commitment"], "processed");
+        assert_eq!(v["id"], 3);
+        assert_eq!(r.calls, [record(Method::Forwarded, None, None)]);
+        let body = json!({"jsonrpc": "2.0", "id": 4, "method": "getProgramAccounts", "params": []});
+        let r = handle_body(body.to_string().as_bytes(), &s, Instant::now());
+        assert_eq!(r.body.unwrap()["error"]["code"], -32601);
+        assert_eq!(r.calls, [record(Method::Other, Some(-32601), None)]);
     }
 
     #[test]

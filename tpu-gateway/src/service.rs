@@ -33,6 +33,7 @@ use crate::{
     },
     metrics::Metrics,
     rpc::{self, RejectReason, SendError, SendRequest},
+    upstream::Upstream,
 };
 
 /// Retry policy and bounds.
@@ -125,6 +126,7 @@ pub struct Intake {
 /// room), without waiting on the forwarder: bounded, non-blocking checks, then a
 /// `try_send` into the forwarder's queue.
 pub struct Service {
+    upstream: Option<Upstream>,
     queue: mpsc::Sender<Admitted>,
     queries: mpsc::Sender<Query>,
     events: broadcast::Sender<Arc<Event>>,
@@ -156,6 +158,7 @@ impl Service {
         metrics: Metrics,
         preflight: Preflight,
         engine: EngineSubmitter,
+        upstream: Option<Upstream>,
     ) -> (Arc<Self>, Intake) {
         let (queue, admitted) = mpsc::channel(config.queue.max(1));
         let (queries, query_rx) = mpsc::channel(QUERY_QUEUE);
@@ -163,6 +166,7 @@ impl Service {
         let dedup = Mutex::new(Dedup::new(config.dedup_window, config.dedup_capacity));
         (
             Arc::new(Self {
+                upstream,
                 queue,
                 queries,
                 events,
@@ -381,6 +385,36 @@ impl rpc::Sender for Service {
 
     fn verify_signatures(&self) -> bool {
         self.config.verify_signatures
+    }
+
+    fn forwards(&self, method: &str) -> bool {
+        self.upstream.as_ref().is_some_and(|u| u.allows(method))
+    }
+
+    fn forward(&self, method: &str, params: Value) -> Result<Value, rpc::RpcError> {
+        let Some(upstream) = &self.upstream else {
+            return Err(rpc::RpcError::plain(
+                rpc::code::METHOD_NOT_FOUND,
+                "Method not found",
+            ));
+        };
+        let handle = tokio::runtime::Handle::current();
+        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            return Err(rpc::RpcError::plain(
+                rpc::code::INTERNAL_ERROR,
+                "Internal error: forwarding needs a multi-threaded runtime",
+            ));
+        }
+        let result = tokio::task::block_in_place(|| handle.block_on(upstream.call(method, params)));
+        let label = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.code.to_string(),
+        };
+        self.metrics
+            .forwarded
+            .with_label_values(&[method, label.as_str()])
+            .inc();
+        result
     }
 
     fn lifecycle(&self, signature: Signature) -> Result<Option<Value>, SendError> {
@@ -1010,6 +1044,7 @@ mod tests {
             Metrics::new().expect("metrics"),
             Preflight::Refuse,
             engine.submitter(),
+            None,
         )
     }
 

@@ -17,6 +17,20 @@ impl Sender for Accepting {
     fn verify_signatures(&self) -> bool {
         true
     }
+    fn forwards(&self, _: &str) -> bool {
+        false
+    }
+    fn forward(
+        &self,
+        _: &str,
+        _: serde_json::Value,
+    ) -> Result<serde_json::Value, tpu_gateway::rpc::RpcError> {
+        Err(tpu_gateway::rpc::RpcError {
+            code: -32601,
+            message: "Method not found".into(),
+            data: None,
+        })
+    }
     fn lifecycle(
         &self,
         _: solana_sdk::signature::Signature,

@@ -194,6 +194,21 @@ async fn wait_confirmed(
     seen
 }
 
+/// Polls `GET /v1/transactions/{sig}` until its state is `state` (30 s at most).
+async fn wait_for_lifecycle(gw_url: &str, sig: &Signature, state: &str) -> serde_json::Value {
+    let url = format!("{gw_url}/v1/transactions/{sig}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+        let record: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if record["state"] == state {
+            return record;
+        }
+        assert!(Instant::now() < deadline, "{state} not reached: {record}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
@@ -295,14 +310,40 @@ async fn transactions_land_on_a_real_validator() {
         "the preflighted transfer did not land"
     );
     assert_eq!(chain.get_balance(&to).await.unwrap(), 6_000_000);
+
+    // Phase 3b: the gateway as the only RPC URL (drop-in RPC): solana-client's
+    // send_and_confirm_transaction asks it for a blockhash, sends with preflight, and
+    // polls statuses and blockhash validity, all through the gateway.
+    let blockhash = via_gateway.get_latest_blockhash().await.unwrap();
+    // A different amount: with the same blockhash as phase 3's it would be the same
+    // transaction.
+    let dropin = transfer(&payer, &to, 2_000_000, blockhash);
+    let sig = tokio::time::timeout(
+        Duration::from_secs(60),
+        via_gateway.send_and_confirm_transaction(&dropin),
+    )
+    .await
+    .expect("confirmed within 60 s")
+    .unwrap();
+    assert_eq!(sig, dropin.signatures[0]);
+    assert_eq!(via_gateway.get_balance(&to).await.unwrap(), 8_000_000);
+    // Its lifecycle, from the gateway that accepted it: sent, then landed in a slot.
+    let lifecycle: serde_json::Value = wait_for_lifecycle(&gw_url, &sig, "landed").await;
+    assert_eq!(lifecycle["firstSend"]["result"], "sent", "{lifecycle}");
+    assert!(
+        lifecycle["landed"]["slot"].as_u64().is_some(),
+        "{lifecycle}"
+    );
+    assert!(!lifecycle["sends"].as_array().unwrap().is_empty());
+
     wait_until(
-        "the first gateway to retire both",
+        "the first gateway to retire all three",
         Duration::from_secs(10),
         || async move { counts(m).await.tracked == 0.0 },
     )
     .await;
     assert_accounted(m).await;
-    assert_eq!(counts(m).await.landed, 2.0);
+    assert_eq!(counts(m).await.landed, 3.0);
     first.terminate(Duration::from_secs(10)).unwrap();
 
     // Phase 4: 1,000 distinct transfers to one recipient, 8 senders at a time,
