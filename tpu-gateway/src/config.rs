@@ -128,8 +128,14 @@ pub struct RetrySection {
     pub interval_ms: u64,
     /// Rebroadcasts when the client gives no `maxRetries` (unset: until expiry).
     pub default_max_retries: Option<usize>,
-    /// Slots after acceptance a transaction is given up (blockhash age limit).
+    /// Slots after acceptance a transaction is given up at the latest (normally its
+    /// blockhash expires it first: see `blockhash_grace_ms`).
     pub expiry_slots: u64,
+    /// A blockhash the cluster RPC calls invalid (`isBlockhashValid`) this long in a
+    /// row expires its transactions.
+    pub blockhash_grace_ms: u64,
+    /// A durable-nonce transaction is given up this long after acceptance.
+    pub nonce_max_age_secs: u64,
     /// How often landed status is polled (`getSignatureStatuses`).
     pub status_interval_ms: u64,
 }
@@ -324,6 +330,8 @@ impl Default for RetrySection {
             interval_ms: 2_000,
             default_max_retries: None,
             expiry_slots: 150,
+            blockhash_grace_ms: 10_000,
+            nonce_max_age_secs: 300,
             status_interval_ms: 1_000,
         }
     }
@@ -453,6 +461,7 @@ impl Config {
             ("cluster.stale_after_secs", self.cluster.stale_after_secs),
             ("retry.interval_ms", self.retry.interval_ms),
             ("retry.status_interval_ms", self.retry.status_interval_ms),
+            ("retry.nonce_max_age_secs", self.retry.nonce_max_age_secs),
         ] {
             if v == 0 {
                 bail!("{key} must be at least 1");

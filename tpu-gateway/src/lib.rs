@@ -33,7 +33,7 @@ use afterburner_quic::{EngineConfig, EngineHandle, Identity};
 use afterburner_xdp::{AnyIo, PacketPath, xdp::XdpConfig};
 use anyhow::{Context, Result};
 use leader_schedule::{Failover, Fanout, LeaderTracker, TrackerConfig, TrackerStats};
-use solana_client::nonblocking::rpc_client::RpcClient;
+
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
@@ -146,12 +146,11 @@ impl Gateway {
                 )
             };
 
-        let rpc_client = config.cluster.rpc_urls.first().map(|url| {
-            Arc::new(RpcClient::new_with_timeout(
-                url.clone(),
-                Duration::from_millis(config.cluster.rpc_timeout_ms),
-            ))
-        });
+        let rpc_client = upstream::ClusterRpc::new(
+            &config.cluster.rpc_urls,
+            Duration::from_millis(config.cluster.rpc_timeout_ms),
+        )
+        .map(Arc::new);
         let preflight = match (config.validation.preflight, &rpc_client) {
             (PreflightMode::Forward, Some(rpc)) => Preflight::Forward(rpc.clone()),
             _ => Preflight::Refuse,
@@ -179,6 +178,8 @@ impl Gateway {
             retry_interval: Duration::from_millis(config.retry.interval_ms),
             default_max_retries: config.retry.default_max_retries,
             expiry_slots: config.retry.expiry_slots,
+            blockhash_grace: Duration::from_millis(config.retry.blockhash_grace_ms),
+            nonce_max_age: Duration::from_secs(config.retry.nonce_max_age_secs),
             slot_duration: Duration::from_millis(config.cluster.slot_duration_ms),
             dedup_window: Duration::from_secs(config.limits.dedup_window_secs),
             dedup_capacity: config.limits.dedup_capacity,
@@ -194,8 +195,7 @@ impl Gateway {
             preflight,
             engine.submitter(),
             upstream::Upstream::new(
-                &config.cluster.rpc_urls,
-                Duration::from_millis(config.cluster.rpc_timeout_ms),
+                rpc_client.clone(),
                 &config.rpc.forward_methods,
                 config.rpc.forward_concurrency,
             ),

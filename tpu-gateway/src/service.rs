@@ -19,9 +19,8 @@ use afterburner_quic::{
     Availability, DropReason, EngineHandle, EngineSubmitter, Outcome, OutcomeKind, Submission,
 };
 use serde_json::{Value, json};
-use solana_client::nonblocking::rpc_client::RpcClient;
 use solana_commitment_config::CommitmentConfig;
-use solana_sdk::signature::Signature;
+use solana_sdk::{hash::Hash, signature::Signature};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
 use crate::{
@@ -33,7 +32,8 @@ use crate::{
     },
     metrics::Metrics,
     rpc::{self, RejectReason, SendError, SendRequest},
-    upstream::Upstream,
+    upstream::{ClusterRpc, Upstream},
+    validate,
 };
 
 /// Retry policy and bounds.
@@ -47,8 +47,14 @@ pub struct ServiceConfig {
     pub retry_interval: Duration,
     /// Rebroadcasts when the client gives no `maxRetries` (`None`: until expiry).
     pub default_max_retries: Option<usize>,
-    /// Slots a transaction is kept after acceptance (agave: 150, `MAX_PROCESSING_AGE`).
+    /// Slots a transaction is kept after acceptance at the latest (agave: 150,
+    /// `MAX_PROCESSING_AGE`); its blockhash normally expires it first.
     pub expiry_slots: u64,
+    /// A blockhash the cluster calls invalid this long in a row expires its
+    /// transactions.
+    pub blockhash_grace: Duration,
+    /// Durable-nonce transactions are given up this long after acceptance.
+    pub nonce_max_age: Duration,
     /// Slot duration, for expiry when no slot is known (static leaders).
     pub slot_duration: Duration,
     /// Duplicate window.
@@ -74,6 +80,8 @@ impl Default for ServiceConfig {
             retry_interval: Duration::from_secs(2),
             default_max_retries: None,
             expiry_slots: 150,
+            blockhash_grace: Duration::from_secs(10),
+            nonce_max_age: Duration::from_secs(300),
             slot_duration: Duration::from_millis(400),
             dedup_window: Duration::from_secs(60),
             dedup_capacity: 200_000,
@@ -86,11 +94,11 @@ impl Default for ServiceConfig {
 }
 
 /// What happens with `skipPreflight: false`.
-#[derive(Clone)]
-#[allow(missing_debug_implementations, reason = "RpcClient is not Debug")]
+#[derive(Clone, Debug)]
 pub enum Preflight {
-    /// Forwarded as `simulateTransaction` to this RPC; a failure is agave's -32002.
-    Forward(Arc<RpcClient>),
+    /// Forwarded as `simulateTransaction` to the cluster RPC (with failover); a
+    /// failure is agave's -32002.
+    Forward(Arc<ClusterRpc>),
     /// Refused with a message telling the client to set `skipPreflight: true`.
     Refuse,
 }
@@ -103,6 +111,8 @@ pub struct Admitted {
     wire: Arc<[u8]>,
     max_retries: Option<usize>,
     received_at: Instant,
+    /// Its recent blockhash (`None`: a durable nonce).
+    blockhash: Option<Hash>,
     /// A place in the ledger, held until the transaction ends.
     room: OwnedSemaphorePermit,
 }
@@ -337,31 +347,32 @@ impl rpc::Sender for Service {
             return Err(SendError::MinContextSlotNotReached { context_slot: slot });
         }
         self.admission()?;
-        let Ok(room) = self.room.clone().try_acquire_owned() else {
-            // Every place in the ledger is taken: they free up as transactions end.
-            return Err(SendError::QueueFull);
-        };
         let fresh = self
             .dedup
             .lock()
             .map_err(|_| SendError::Internal("dedup lock poisoned"))?
             .insert(sig, Instant::now());
         if !fresh {
+            // Already accepted: its signature, whatever the queues hold now.
             self.metrics.duplicates.inc();
             return Ok(sig_text);
         }
-        let permit = match self.queue.try_reserve() {
-            Ok(p) => p,
-            Err(e) => {
-                if let Ok(mut d) = self.dedup.lock() {
-                    d.remove(&sig);
-                }
-                return Err(match e {
-                    mpsc::error::TrySendError::Closed(()) => SendError::NotReady("shutting down"),
-                    mpsc::error::TrySendError::Full(()) => SendError::QueueFull,
-                });
+        let forget = |e: SendError| {
+            if let Ok(mut d) = self.dedup.lock() {
+                d.remove(&sig);
             }
+            e
         };
+        let Ok(room) = self.room.clone().try_acquire_owned() else {
+            // Every place in the ledger is taken: they free up as transactions end.
+            return Err(forget(SendError::QueueFull));
+        };
+        let permit = self.queue.try_reserve().map_err(|e| {
+            forget(match e {
+                mpsc::error::TrySendError::Closed(()) => SendError::NotReady("shutting down"),
+                mpsc::error::TrySendError::Full(()) => SendError::QueueFull,
+            })
+        })?;
         self.metrics.accounting.accept();
         self.metrics.queue_depth.inc();
         if self.config.latency_samples > 0
@@ -378,6 +389,8 @@ impl rpc::Sender for Service {
                 .max_retries
                 .or(self.config.default_max_retries),
             received_at: request.received_at,
+            blockhash: (!validate::uses_durable_nonce(&request.tx.transaction))
+                .then(|| *request.tx.transaction.message.recent_blockhash()),
             room,
         });
         Ok(sig_text)
@@ -447,7 +460,8 @@ impl rpc::Sender for Service {
                             commitment: commitment.as_deref().and_then(|c| c.parse().ok()),
                             ..Default::default()
                         };
-                        rpc.simulate_transaction_with_config(&tx, config).await
+                        rpc.call(|c| c.simulate_transaction_with_config(&tx, config.clone()))
+                            .await
                     })
                 });
                 match result {
@@ -500,7 +514,7 @@ pub struct Forwarder {
     leaders: Arc<dyn LeaderSource>,
     metrics: Metrics,
     config: ServiceConfig,
-    status_rpc: Option<Arc<RpcClient>>,
+    status_rpc: Option<Arc<ClusterRpc>>,
     ledger: Ledger,
     /// Each live transaction's place in the ledger, released when it ends.
     rooms: HashMap<TxId, OwnedSemaphorePermit>,
@@ -542,12 +556,14 @@ impl Forwarder {
         outcomes: OutcomeReceiver,
         engine: EngineHandle,
         service: &Service,
-        status_rpc: Option<Arc<RpcClient>>,
+        status_rpc: Option<Arc<ClusterRpc>>,
     ) -> Self {
         let config = service.config.clone();
         let ledger = Ledger::new(LedgerConfig {
             retry_interval: config.retry_interval,
             expiry_slots: config.expiry_slots,
+            blockhash_grace: config.blockhash_grace,
+            nonce_max_age: config.nonce_max_age,
             slot_duration: config.slot_duration,
             ..LedgerConfig::default()
         });
@@ -575,7 +591,7 @@ impl Forwarder {
         // Cheap: only what is due is looked at (the ledger orders it by time).
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         let mut status_tick = tokio::time::interval(self.config.status_interval);
-        let (landed_tx, mut landed_rx) = mpsc::channel::<Vec<(Signature, u64)>>(16);
+        let (landed_tx, mut landed_rx) = mpsc::channel::<Statuses>(16);
         let mut status_busy = false;
         loop {
             tokio::select! {
@@ -592,11 +608,14 @@ impl Forwarder {
                 }
                 Some((o, at)) = self.outcomes.recv() => self.outcome(o, at),
                 Some(q) = self.queries.recv() => self.answer(q),
-                Some(landed) = landed_rx.recv() => {
+                Some(statuses) = landed_rx.recv() => {
                     status_busy = false;
                     let now = Instant::now();
-                    for (sig, slot) in landed {
+                    for (sig, slot) in statuses.landed {
                         self.ledger.on_landed(&sig, Some(slot), now, &mut self.actions);
+                    }
+                    for (hash, valid) in statuses.blockhashes {
+                        self.ledger.on_blockhash_status(&hash, valid, now, &mut self.actions);
                     }
                     self.perform(now);
                 }
@@ -604,11 +623,16 @@ impl Forwarder {
                 _ = status_tick.tick() => {
                     if !status_busy && let Some(rpc) = self.status_rpc.clone() {
                         let sigs = self.ledger.in_flight_signatures();
-                        if !sigs.is_empty() {
+                        let hashes = self.ledger.blockhashes();
+                        if !sigs.is_empty() || !hashes.is_empty() {
                             status_busy = true;
                             let tx = landed_tx.clone();
                             tokio::spawn(async move {
-                                let _ = tx.send(landed_among(&rpc, sigs).await).await;
+                                let statuses = Statuses {
+                                    landed: landed_among(&rpc, sigs).await,
+                                    blockhashes: blockhash_validity(&rpc, hashes).await,
+                                };
+                                let _ = tx.send(statuses).await;
                             });
                         }
                     }
@@ -645,6 +669,7 @@ impl Forwarder {
                 wire: a.wire,
                 max_retries: a.max_retries,
                 received_at: a.received_at,
+                blockhash: a.blockhash,
             },
             now,
         );
@@ -960,13 +985,42 @@ pub fn lifecycle_json(r: &Record, now: Instant, instance: &str) -> Value {
     })
 }
 
+/// What one status poll learned.
+#[derive(Debug)]
+struct Statuses {
+    /// Signatures landed at `confirmed`, with their slots.
+    landed: Vec<(Signature, u64)>,
+    /// Blockhashes and whether the cluster still calls them valid.
+    blockhashes: Vec<(Hash, bool)>,
+}
+
+/// Whether each of `hashes` is still valid (`isBlockhashValid` at `processed`, as
+/// agave's send-transaction-service asks: the most lenient view), one call per
+/// distinct blockhash; those the RPC could not answer are left out.
+async fn blockhash_validity(rpc: &ClusterRpc, hashes: Vec<Hash>) -> Vec<(Hash, bool)> {
+    let mut out = Vec::with_capacity(hashes.len());
+    for hash in hashes {
+        match rpc
+            .call(|c| c.is_blockhash_valid(&hash, CommitmentConfig::processed()))
+            .await
+        {
+            Ok(valid) => out.push((hash, valid)),
+            Err(e) => {
+                tracing::debug!(error = %e, "isBlockhashValid failed");
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// The signatures among `sigs` that landed at `confirmed` or better, with their
 /// slots (a status seen only at `processed` may still be on a fork that is dropped:
 /// those keep being rebroadcast).
-async fn landed_among(rpc: &RpcClient, sigs: Vec<Signature>) -> Vec<(Signature, u64)> {
+async fn landed_among(rpc: &ClusterRpc, sigs: Vec<Signature>) -> Vec<(Signature, u64)> {
     let mut landed = Vec::new();
     for chunk in sigs.chunks(256) {
-        match rpc.get_signature_statuses(chunk).await {
+        match rpc.call(|c| c.get_signature_statuses(chunk)).await {
             Ok(r) => {
                 for (sig, status) in chunk.iter().zip(r.value) {
                     if let Some(status) = status

@@ -1,20 +1,26 @@
-//! Drop-in RPC: JSON-RPC methods on an allow-list are answered by the cluster RPC,
-//! so a client can use the gateway as its only RPC URL (`@solana/web3.js`'s
-//! `sendAndConfirmTransaction` asks the same URL for a blockhash and for statuses).
-//! The endpoints are `cluster.rpc_urls` in order of preference, with the failover
-//! the leader tracker has: the one that last answered is tried first, the others in
-//! turn when it cannot be reached. An error the RPC answers is passed through as it
-//! is (it is the cluster's answer); bounded in calls in flight.
+//! The cluster RPC as the gateway uses it: [`ClusterRpc`], the endpoints of
+//! `cluster.rpc_urls` with failover (the one that last answered is tried first, the
+//! others in turn when it cannot be reached; an error the RPC answers is an answer,
+//! not a failure), for landed status, blockhash validity and preflight; and
+//! [`Upstream`], drop-in RPC: JSON-RPC methods on an allow-list answered by the
+//! cluster, so a client can use the gateway as its only RPC URL
+//! (`@solana/web3.js`'s `sendAndConfirmTransaction` asks the same URL for a
+//! blockhash and for statuses), passed through as the cluster answers them and
+//! bounded in calls in flight.
 
 use std::{
     collections::HashMap,
-    sync::atomic::{AtomicUsize, Ordering},
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
 use serde_json::Value;
 use solana_client::{
-    client_error::ClientErrorKind,
+    client_error::{ClientError, ClientErrorKind},
     nonblocking::rpc_client::RpcClient,
     rpc_request::{RpcError as ClientRpcError, RpcRequest},
 };
@@ -22,48 +28,108 @@ use tokio::sync::Semaphore;
 
 use crate::rpc::{RpcError, code};
 
-/// The cluster RPC endpoints and the methods forwarded to them.
-pub struct Upstream {
+/// The cluster RPC endpoints, in order of preference, with failover.
+pub struct ClusterRpc {
     clients: Vec<RpcClient>,
+    /// The endpoint that answered last.
+    preferred: AtomicUsize,
+}
+
+impl std::fmt::Debug for ClusterRpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterRpc")
+            .field("endpoints", &self.clients.len())
+            .finish()
+    }
+}
+
+impl ClusterRpc {
+    /// `urls` with `timeout` per call; `None` when there are none.
+    pub fn new(urls: &[String], timeout: Duration) -> Option<Self> {
+        (!urls.is_empty()).then(|| Self {
+            clients: urls
+                .iter()
+                .map(|u| RpcClient::new_with_timeout(u.clone(), timeout))
+                .collect(),
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `call` on the preferred endpoint, then on the others in turn while the
+    /// endpoint cannot be reached. An error the RPC answers is returned at once (the
+    /// cluster's answer); when none can be reached, the last error.
+    ///
+    /// # Errors
+    /// As described.
+    pub async fn call<'a, T, F, Fut>(&'a self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(&'a RpcClient) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let n = self.clients.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
+        let mut last = None;
+        for i in (0..n).map(|k| (first + k) % n) {
+            match call(&self.clients[i]).await {
+                Ok(v) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e) if answered(&e) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Err(e);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientErrorKind::Custom("no RPC endpoint".into()).into()))
+    }
+}
+
+/// Whether the error is the RPC's own answer (not a failure to reach it).
+fn answered(e: &ClientError) -> bool {
+    matches!(
+        *e.kind,
+        ClientErrorKind::RpcError(ClientRpcError::RpcResponseError { .. })
+    )
+}
+
+/// The methods forwarded to the cluster RPC.
+pub struct Upstream {
+    rpc: Arc<ClusterRpc>,
     /// Allowed method names; the values are the same names, leaked once at
     /// startup (the RPC client wants `&'static str`; the list is the configured one).
     methods: HashMap<String, &'static str>,
     in_flight: Semaphore,
-    /// The endpoint that answered last.
-    preferred: AtomicUsize,
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
-            .field("endpoints", &self.clients.len())
+            .field("rpc", &self.rpc)
             .field("methods", &self.methods.len())
             .finish()
     }
 }
 
 impl Upstream {
-    /// Forwarding `methods` to `urls`; `None` when either is empty (off).
+    /// Forwarding `methods` to `rpc`; `None` when there is no RPC or no method (off).
     pub fn new(
-        urls: &[String],
-        timeout: Duration,
+        rpc: Option<Arc<ClusterRpc>>,
         methods: &[String],
         concurrency: usize,
     ) -> Option<Self> {
-        if urls.is_empty() || methods.is_empty() {
+        let rpc = rpc?;
+        if methods.is_empty() {
             return None;
         }
         Some(Self {
-            clients: urls
-                .iter()
-                .map(|u| RpcClient::new_with_timeout(u.clone(), timeout))
-                .collect(),
+            rpc,
             methods: methods
                 .iter()
                 .map(|m| (m.clone(), &*Box::leak(m.clone().into_boxed_str())))
                 .collect(),
             in_flight: Semaphore::new(concurrency.max(1)),
-            preferred: AtomicUsize::new(0),
         })
     }
 
@@ -94,31 +160,21 @@ impl Upstream {
                 "Node is unhealthy: too many forwarded calls in flight, retry later",
             ));
         };
-        let n = self.clients.len();
-        let first = self.preferred.load(Ordering::Relaxed) % n;
-        let mut last_error = String::new();
-        for i in (0..n).map(|k| (first + k) % n) {
-            match self.clients[i]
-                .send::<Value>(RpcRequest::Custom { method: name }, params.clone())
-                .await
-            {
-                Ok(v) => {
-                    self.preferred.store(i, Ordering::Relaxed);
-                    return Ok(v);
-                }
-                Err(e) => match *e.kind {
-                    ClientErrorKind::RpcError(ClientRpcError::RpcResponseError {
-                        code,
-                        message,
-                        ..
-                    }) => {
-                        self.preferred.store(i, Ordering::Relaxed);
-                        return Err(RpcError::plain(code, message));
-                    }
-                    kind => last_error = kind.to_string(),
-                },
-            }
-        }
+        let result = self
+            .rpc
+            .call(|c| c.send::<Value>(RpcRequest::Custom { method: name }, params.clone()))
+            .await;
+        let last_error = match result {
+            Ok(v) => return Ok(v),
+            Err(e) => match *e.kind {
+                ClientErrorKind::RpcError(ClientRpcError::RpcResponseError {
+                    code,
+                    message,
+                    ..
+                }) => return Err(RpcError::plain(code, message)),
+                kind => kind.to_string(),
+            },
+        };
         tracing::debug!(method, error = %last_error, "no cluster RPC endpoint answered");
         Err(RpcError::plain(
             code::NODE_UNHEALTHY,

@@ -118,6 +118,23 @@ pub struct Validated {
     pub transaction: VersionedTransaction,
 }
 
+/// Whether `tx` uses a durable nonce: its first instruction is the system program's
+/// `AdvanceNonceAccount` (as agave's send-transaction-service decides). Its
+/// "blockhash" is then the nonce, valid until the nonce advances, not for 150 slots.
+pub fn uses_durable_nonce(tx: &VersionedTransaction) -> bool {
+    /// `SystemInstruction::AdvanceNonceAccount`, bincode (u32 LE).
+    const ADVANCE_NONCE_ACCOUNT: [u8; 4] = [4, 0, 0, 0];
+    let message = &tx.message;
+    message.instructions().first().is_some_and(|ix| {
+        message
+            .static_account_keys()
+            .get(usize::from(ix.program_id_index))
+            // The system program's id is all zeros ("111…1").
+            .is_some_and(|program| *program == solana_sdk::pubkey::Pubkey::default())
+            && ix.data.starts_with(&ADVANCE_NONCE_ACCOUNT)
+    })
+}
+
 /// Decodes `encoded` as agave's `decode_and_deserialize` does, size limit first.
 ///
 /// # Errors
@@ -230,6 +247,35 @@ mod tests {
             "solana_transaction::versioned::VersionedTransaction"
         );
         assert_eq!(PACKET_DATA_SIZE, 1232);
+    }
+
+    #[test]
+    fn durable_nonce_transactions_are_recognised() {
+        use solana_sdk::{
+            hash::Hash, message::Message, pubkey::Pubkey, signature::Keypair, signer::Signer,
+            transaction::Transaction,
+        };
+        let payer = Keypair::new();
+        let nonce = Pubkey::new_unique();
+        let transfer = solana_system_interface::instruction::transfer(&payer.pubkey(), &nonce, 1);
+        let advance =
+            solana_system_interface::instruction::advance_nonce_account(&nonce, &payer.pubkey());
+        let tx = |ixs: &[_]| {
+            VersionedTransaction::from(Transaction::new(
+                &[&payer],
+                Message::new(ixs, Some(&payer.pubkey())),
+                Hash::new_unique(),
+            ))
+        };
+        assert!(uses_durable_nonce(&tx(&[
+            advance.clone(),
+            transfer.clone()
+        ])));
+        assert!(!uses_durable_nonce(&tx(std::slice::from_ref(&transfer))));
+        assert!(
+            !uses_durable_nonce(&tx(&[transfer, advance])),
+            "only as the first instruction"
+        );
     }
 
     #[test]

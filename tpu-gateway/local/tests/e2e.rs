@@ -58,6 +58,9 @@ const RPC_PORT: u16 = 21_980;
 
 const TRANSFERS: usize = 1_000;
 const RETRY_INTERVAL_MS: u64 = 500;
+/// Short, so that a transaction with a blockhash the cluster never had expires
+/// within seconds (its backstop, `retry.expiry_slots` = 150 slots, is a minute).
+const BLOCKHASH_GRACE_MS: u64 = 1_000;
 const EXPIRY_SLOTS: u64 = 10;
 
 /// A gateway process named `name` (its files in `dir/name`), listening on `port`
@@ -220,6 +223,7 @@ async fn transactions_land_on_a_real_validator() {
     // Phase 1: the gateway first, RPC down: alive, but not ready.
     let retry = format!(
         "[retry]\ninterval_ms = {RETRY_INTERVAL_MS}\nstatus_interval_ms = 200\n\
+         blockhash_grace_ms = {BLOCKHASH_GRACE_MS}\n\
          [validation]\npreflight = \"forward\"\n"
     );
     let first = start_gateway(&dir, "first", 21_970, None, &retry);
@@ -336,14 +340,99 @@ async fn transactions_land_on_a_real_validator() {
     );
     assert!(!lifecycle["sends"].as_array().unwrap().is_empty());
 
+    // Phase 3c: expiry follows the blockhash. One the cluster never had expires once
+    // the cluster calls it invalid for the grace window (seconds, not the 150-slot
+    // backstop); a durable-nonce transaction does not expire with its "blockhash"
+    // (the nonce): a valid one lands, and one whose nonce is stale (it can never
+    // land) is still being rebroadcast after the same time.
+    let unknown = transfer(&payer, &to, 1, Hash::new_unique());
+    let unknown_sig = via_gateway
+        .send_transaction_with_config(&unknown, skip_preflight())
+        .await
+        .unwrap();
+    let nonce = Keypair::new();
+    let rent = chain
+        // A nonce account's size (`solana_nonce::state::State::size()`).
+        .get_minimum_balance_for_rent_exemption(80)
+        .await
+        .unwrap();
+    let create = system_instruction::create_nonce_account(
+        &payer.pubkey(),
+        &nonce.pubkey(),
+        &payer.pubkey(),
+        rent,
+    );
+    // At the commitment the client's preflight asks for (finalized).
+    let blockhash = via_gateway.get_latest_blockhash().await.unwrap();
+    let create = Transaction::new_signed_with_payer(
+        &create,
+        Some(&payer.pubkey()),
+        &[&payer, &nonce],
+        blockhash,
+    );
+    // Through the gateway, never the validator's own RPC send path: that sends with
+    // the validator's identity and would hold the identity's one connection slot
+    // that phase 4's gateway needs (issue 15).
+    via_gateway
+        .send_and_confirm_transaction(&create)
+        .await
+        .unwrap();
+    let account = solana_client::nonce_utils::nonblocking::get_account_with_commitment(
+        &chain,
+        &nonce.pubkey(),
+        CommitmentConfig::confirmed(),
+    )
+    .await
+    .unwrap();
+    let nonce_value = solana_client::nonce_utils::data_from_account(&account)
+        .unwrap()
+        .blockhash();
+    let nonced = |lamports: u64, value: Hash| {
+        let ixs = [
+            system_instruction::advance_nonce_account(&nonce.pubkey(), &payer.pubkey()),
+            system_instruction::transfer(&payer.pubkey(), &to, lamports),
+        ];
+        Transaction::new_signed_with_payer(&ixs, Some(&payer.pubkey()), &[&payer], value)
+    };
+    let stale = nonced(3, Hash::new_unique());
+    let stale_sig = via_gateway
+        .send_transaction_with_config(&stale, skip_preflight())
+        .await
+        .unwrap();
+    let stale_sent = Instant::now();
+    let good = nonced(2, nonce_value);
+    let good_sig = via_gateway
+        .send_transaction_with_config(&good, skip_preflight())
+        .await
+        .unwrap();
+    let expired = wait_for_lifecycle(&gw_url, &unknown_sig, "expired").await;
+    let after_ms = expired["endedAfterMs"].as_f64().unwrap();
+    assert!(
+        after_ms < 15_000.0,
+        "expired by its blockhash, not the backstop: {expired}"
+    );
+    println!("a blockhash the cluster never had: expired after {after_ms:.0} ms");
+    wait_for_lifecycle(&gw_url, &good_sig, "landed").await;
+    // Well past the grace window (and several status polls) for the stale one.
+    tokio::time::sleep_until((stale_sent + Duration::from_millis(3 * BLOCKHASH_GRACE_MS)).into())
+        .await;
+    let stale_state = wait_for_lifecycle(&gw_url, &stale_sig, "in_flight").await;
+    assert!(
+        stale_state["sends"].as_array().unwrap().len() > 1,
+        "still rebroadcast: {stale_state}"
+    );
+
+    // All but the stale nonce transfer retired (it is rebroadcast until its own
+    // limit; the shutdown below ends it).
     wait_until(
-        "the first gateway to retire all three",
+        "the first gateway to retire all but one",
         Duration::from_secs(10),
-        || async move { counts(m).await.tracked == 0.0 },
+        || async move { counts(m).await.tracked == 1.0 },
     )
     .await;
     assert_accounted(m).await;
-    assert_eq!(counts(m).await.landed, 3.0);
+    // Phases 2, 3 and 3b, the nonce account's creation and the nonce transfer.
+    assert_eq!(counts(m).await.landed, 5.0);
     first.terminate(Duration::from_secs(10)).unwrap();
 
     // Phase 4: 1,000 distinct transfers to one recipient, 8 senders at a time,

@@ -13,14 +13,14 @@
 //! transaction ends in exactly one [`Terminal`] state, and nothing is sent after it.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use afterburner_quic::{DropReason, OutcomeKind};
-use solana_sdk::signature::Signature;
+use solana_sdk::{hash::Hash, signature::Signature};
 use strum::{EnumIter, IntoStaticStr};
 
 #[cfg(test)]
@@ -108,6 +108,10 @@ pub struct NewTx {
     pub max_retries: Option<usize>,
     /// When its request had been read.
     pub received_at: Instant,
+    /// Its recent blockhash: it expires when the cluster says that is no longer
+    /// valid. `None` for a durable-nonce transaction, which does not expire with a
+    /// blockhash (it expires after [`LedgerConfig::nonce_max_age`]).
+    pub blockhash: Option<Hash>,
 }
 
 /// What the owner must do.
@@ -139,8 +143,17 @@ pub enum Action {
 pub struct LedgerConfig {
     /// Rebroadcast interval.
     pub retry_interval: Duration,
-    /// Slots after acceptance a transaction may still land (agave: 150).
+    /// Slots after acceptance a transaction is given up at the latest (agave: a
+    /// blockhash lands for 150 slots, so none accepted with a valid one can land
+    /// later); normally the blockhash check ends it first.
     pub expiry_slots: u64,
+    /// A blockhash the cluster calls invalid for this long expires its transactions
+    /// (a client may be ahead of the RPC we ask: a blockhash it has not seen yet is
+    /// "invalid" for a moment).
+    pub blockhash_grace: Duration,
+    /// A durable-nonce transaction is given up this long after acceptance (or at
+    /// `maxRetries`, or when it lands).
+    pub nonce_max_age: Duration,
     /// Slot duration, for expiry while no slot is known.
     pub slot_duration: Duration,
     /// Sends recorded per transaction (the lifecycle keeps the first ones).
@@ -156,6 +169,8 @@ impl Default for LedgerConfig {
         Self {
             retry_interval: Duration::from_secs(2),
             expiry_slots: 150,
+            blockhash_grace: Duration::from_secs(10),
+            nonce_max_age: Duration::from_secs(300),
             slot_duration: Duration::from_millis(400),
             max_send_records: 64,
             keep_ended: Duration::from_secs(600),
@@ -196,6 +211,8 @@ pub struct Record {
     pub first_send: Option<Result<(), FirstDrop>>,
     /// The slot it landed in, when it did.
     pub landed_slot: Option<u64>,
+    /// Its recent blockhash (`None`: a durable nonce).
+    pub blockhash: Option<Hash>,
     wire: Arc<[u8]>,
     retries_left: Option<usize>,
     attempts: u32,
@@ -213,6 +230,13 @@ pub enum FirstSendDone {
     Dropped(FirstDrop),
 }
 
+/// The live transactions of one blockhash.
+#[derive(Debug, Default)]
+struct Blockhash {
+    ids: HashSet<TxId>,
+    invalid_since: Option<Instant>,
+}
+
 /// The ledger. See the module documentation.
 #[derive(Debug)]
 pub struct Ledger {
@@ -224,6 +248,8 @@ pub struct Ledger {
     due: BTreeSet<(Instant, TxId)>,
     /// Ended transactions, in the order they ended (for forgetting them).
     ended: VecDeque<TxId>,
+    /// Live transactions by blockhash, and since when the cluster calls it invalid.
+    by_blockhash: HashMap<Hash, Blockhash>,
     slot: Option<u64>,
     live: usize,
     /// Transactions whose first send has not settled.
@@ -242,6 +268,7 @@ impl Ledger {
             by_signature: HashMap::new(),
             due: BTreeSet::new(),
             ended: VecDeque::new(),
+            by_blockhash: HashMap::new(),
             slot: None,
             live: 0,
             unsettled: 0,
@@ -258,9 +285,10 @@ impl Ledger {
     pub fn accept(&mut self, tx: NewTx, now: Instant) -> TxId {
         let id = self.next_id;
         self.next_id += 1;
-        let expires = match self.slot {
-            Some(s) => Expiry::Slot(s + self.config.expiry_slots),
-            None => Expiry::At(
+        let expires = match (tx.blockhash, self.slot) {
+            (None, _) => Expiry::At(now + self.config.nonce_max_age),
+            (Some(_), Some(s)) => Expiry::Slot(s + self.config.expiry_slots),
+            (Some(_), None) => Expiry::At(
                 now + self
                     .config
                     .slot_duration
@@ -270,6 +298,9 @@ impl Ledger {
         // A signature seen again after its record was forgotten is a new life; the
         // lookup follows the newest.
         self.by_signature.insert(tx.signature, id);
+        if let Some(hash) = tx.blockhash {
+            self.by_blockhash.entry(hash).or_default().ids.insert(id);
+        }
         self.records.insert(
             id,
             Record {
@@ -280,6 +311,7 @@ impl Ledger {
                 sends: Vec::new(),
                 first_send: None,
                 landed_slot: None,
+                blockhash: tx.blockhash,
                 wire: tx.wire,
                 retries_left: tx.max_retries,
                 attempts: 0,
@@ -445,6 +477,41 @@ impl Ledger {
         first_frame
     }
 
+    /// The distinct blockhashes of live transactions (to ask the cluster about).
+    pub fn blockhashes(&self) -> Vec<Hash> {
+        self.by_blockhash.keys().copied().collect()
+    }
+
+    /// The cluster says `hash` is (not) valid at `now`. Invalid for
+    /// [`LedgerConfig::blockhash_grace`] in a row: its live transactions expire.
+    pub fn on_blockhash_status(
+        &mut self,
+        hash: &Hash,
+        valid: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let grace = self.config.blockhash_grace;
+        let Some(b) = self.by_blockhash.get_mut(hash) else {
+            return;
+        };
+        if valid {
+            b.invalid_since = None;
+            return;
+        }
+        let since = *b.invalid_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < grace {
+            return;
+        }
+        let ids: Vec<TxId> = b.ids.iter().copied().collect();
+        for id in ids {
+            // Not before its first send: a transaction is sent at least once.
+            if self.records.get(&id).is_some_and(|r| r.attempts > 0) {
+                self.end(id, Terminal::Expired, now, out);
+            }
+        }
+    }
+
     /// `signature` was seen landed at the configured commitment, in `slot` if known.
     pub fn on_landed(
         &mut self,
@@ -538,6 +605,14 @@ impl Ledger {
         r.state = State::Ended(terminal, now);
         if let Some(at) = r.next_due.take() {
             self.due.remove(&(at, id));
+        }
+        if let Some(hash) = r.blockhash
+            && let Some(b) = self.by_blockhash.get_mut(&hash)
+        {
+            b.ids.remove(&id);
+            if b.ids.is_empty() {
+                self.by_blockhash.remove(&hash);
+            }
         }
         self.live -= 1;
         self.ended.push_back(id);

@@ -15,7 +15,7 @@ use std::{
 
 use afterburner_quic::{DropReason, OutcomeKind};
 use proptest::prelude::*;
-use solana_sdk::signature::Signature;
+use solana_sdk::{hash::Hash, signature::Signature};
 
 use super::{Action, FirstDrop, FirstSendDone, Ledger, LedgerConfig, NewTx, State, Terminal, TxId};
 
@@ -30,6 +30,7 @@ fn config() -> LedgerConfig {
         max_send_records: 64,
         keep_ended: Duration::from_secs(60),
         max_ended: 100,
+        ..LedgerConfig::default()
     }
 }
 
@@ -39,6 +40,7 @@ fn new_tx(max_retries: Option<usize>, at: Instant) -> NewTx {
         wire: Arc::from(&b"wire"[..]),
         max_retries,
         received_at: at,
+        blockhash: Some(Hash::new_unique()),
     }
 }
 
@@ -635,6 +637,7 @@ fn p_config() -> LedgerConfig {
         max_send_records: 4,
         keep_ended: Duration::from_secs(4),
         max_ended: 3,
+        ..LedgerConfig::default()
     }
 }
 
@@ -1189,4 +1192,123 @@ proptest! {
         h.finish();
         prop_assert!(h.abandoned);
     }
+}
+
+/// Sends attempt 0 of everything due at `now` to one target, reported as sent.
+fn send_all(l: &mut Ledger, now: Instant) {
+    let mut out = Vec::new();
+    l.tick(now, &mut out);
+    for a in out {
+        if let Action::Send { id, attempt, .. } = a {
+            l.on_submitted(id, attempt, &[addr(1)], now);
+            l.on_send_outcome(id, attempt, addr(1), OutcomeKind::Sent);
+        }
+    }
+}
+
+#[test]
+fn ledger_expires_by_blockhash_after_its_grace() {
+    let config = LedgerConfig::default();
+    let grace = config.blockhash_grace;
+    let mut l = Ledger::new(config);
+    let t0 = Instant::now();
+    let hash = Hash::new_unique();
+    let other = Hash::new_unique();
+    let a = l.accept(
+        NewTx {
+            blockhash: Some(hash),
+            ..new_tx(None, t0)
+        },
+        t0,
+    );
+    let b = l.accept(
+        NewTx {
+            blockhash: Some(hash),
+            ..new_tx(None, t0)
+        },
+        t0,
+    );
+    let c = l.accept(
+        NewTx {
+            blockhash: Some(other),
+            ..new_tx(None, t0)
+        },
+        t0,
+    );
+    send_all(&mut l, t0);
+    let mut hashes = l.blockhashes();
+    hashes.sort();
+    let mut want = vec![hash, other];
+    want.sort();
+    assert_eq!(hashes, want, "one entry per distinct blockhash");
+    let mut out = Vec::new();
+    // Invalid, but within the grace window (the client may be ahead of our RPC).
+    l.on_blockhash_status(&hash, false, t0, &mut out);
+    l.on_blockhash_status(&hash, false, t0 + grace / 2, &mut out);
+    assert!(out.is_empty());
+    // Valid again resets the window.
+    l.on_blockhash_status(&hash, true, t0 + grace / 2, &mut out);
+    l.on_blockhash_status(&hash, false, t0 + grace, &mut out);
+    assert!(out.is_empty(), "the window restarted");
+    l.on_blockhash_status(&hash, false, t0 + grace * 2, &mut out);
+    let retired: Vec<_> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Retired { id, terminal, .. } => Some((*id, *terminal)),
+            Action::Send { .. } => None,
+        })
+        .collect();
+    assert_eq!(retired.len(), 2);
+    assert!(retired.contains(&(a, Terminal::Expired)));
+    assert!(retired.contains(&(b, Terminal::Expired)));
+    assert_eq!(l.get(c).map(|r| r.state), Some(State::InFlight));
+    assert_eq!(
+        l.blockhashes(),
+        vec![other],
+        "the expired blockhash is gone"
+    );
+    assert_eq!(l.live(), 1);
+}
+
+#[test]
+fn durable_nonce_transactions_ignore_blockhashes_and_end_at_their_max_age() {
+    let config = LedgerConfig {
+        retry_interval: Duration::from_secs(1),
+        nonce_max_age: Duration::from_secs(90),
+        ..LedgerConfig::default()
+    };
+    let mut l = Ledger::new(config);
+    let t0 = Instant::now();
+    let id = l.accept(
+        NewTx {
+            blockhash: None,
+            ..new_tx(None, t0)
+        },
+        t0,
+    );
+    send_all(&mut l, t0);
+    assert!(l.blockhashes().is_empty(), "no blockhash to ask about");
+    // Past the backstop of an ordinary transaction (150 slots of 400 ms: 60 s) it
+    // is still rebroadcast...
+    let mut out = Vec::new();
+    let mut now = t0;
+    while now < t0 + Duration::from_secs(89) {
+        now += Duration::from_secs(1);
+        l.tick(now, &mut out);
+    }
+    assert!(out.iter().all(|a| matches!(a, Action::Send { .. })));
+    assert_eq!(l.get(id).map(|r| r.state), Some(State::InFlight));
+    // ...and given up at its own limit.
+    out.clear();
+    l.tick(t0 + Duration::from_secs(91), &mut out);
+    assert!(
+        out.iter().any(|a| matches!(
+            a,
+            Action::Retired {
+                terminal: Terminal::Expired,
+                ..
+            }
+        )),
+        "{out:?}"
+    );
 }
