@@ -124,17 +124,7 @@ async fn lifecycle(State(service): State<Arc<Service>>, Path(signature): Path<St
             })),
         )
             .into_response(),
-        Err(e) => {
-            let mut out = (
-                status_of(&e),
-                Json(json!({ "error": e.rpc_error().to_json() })),
-            )
-                .into_response();
-            if out.status() == StatusCode::TOO_MANY_REQUESTS {
-                too_many(&mut out);
-            }
-            out
-        }
+        Err(e) => refusal(&e),
     }
 }
 
@@ -239,17 +229,23 @@ async fn transactions(
         Ok(signature) => (StatusCode::OK, Json(json!({ "signature": signature }))).into_response(),
         Err(e) => {
             service.count_reject(e.reason());
-            let mut out = (
-                status_of(&e),
-                Json(json!({ "error": e.rpc_error().to_json() })),
-            )
-                .into_response();
-            if out.status() == StatusCode::TOO_MANY_REQUESTS {
-                too_many(&mut out);
-            }
-            out
+            refusal(&e)
         }
     }
+}
+
+/// A REST refusal: its HTTP status (a 429 says when to retry) and agave's error
+/// object.
+fn refusal(e: &SendError) -> Response {
+    let mut out = (
+        status_of(e),
+        Json(json!({ "error": e.rpc_error().to_json() })),
+    )
+        .into_response();
+    if out.status() == StatusCode::TOO_MANY_REQUESTS {
+        too_many(&mut out);
+    }
+    out
 }
 
 /// The HTTP status of a refusal on the raw route: retry later (429), not now (503),
