@@ -55,6 +55,28 @@ pub struct RpcSection {
     pub forward_methods: Vec<String>,
     /// Forwarded calls in flight at most; more are refused (-32005).
     pub forward_concurrency: usize,
+    /// Proxy websocket subscriptions to `cluster.websocket_urls` (off without them).
+    pub websocket_proxy: bool,
+    /// Where the websocket proxy listens (default: `listen` with port + 1, where
+    /// `@solana/web3.js` looks; port 0 stays 0).
+    pub websocket_listen: Option<SocketAddr>,
+    /// Websocket clients at once; more are answered 503.
+    pub websocket_max_clients: usize,
+    /// Subscriptions per websocket client; more are refused (-32005).
+    pub websocket_max_subscriptions: usize,
+}
+
+impl RpcSection {
+    /// Where the websocket proxy listens.
+    pub fn websocket_addr(&self) -> SocketAddr {
+        self.websocket_listen.unwrap_or_else(|| {
+            let port = match self.listen.port() {
+                0 => 0,
+                p => p.saturating_add(1),
+            };
+            SocketAddr::new(self.listen.ip(), port)
+        })
+    }
 }
 
 /// The read methods a sending client needs (blockhash, block height, signature
@@ -303,6 +325,10 @@ impl Default for RpcSection {
             max_request_bytes: 50 * 1024,
             forward_methods: DEFAULT_FORWARD_METHODS.map(String::from).to_vec(),
             forward_concurrency: 64,
+            websocket_proxy: true,
+            websocket_listen: None,
+            websocket_max_clients: 256,
+            websocket_max_subscriptions: 100,
         }
     }
 }

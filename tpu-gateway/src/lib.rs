@@ -9,8 +9,8 @@
 //!
 //! - [`config`]: TOML + environment + flags.
 //! - [`rpc`], [`validate`], [`http`]: the ingress.
-//! - [`upstream`]: drop-in RPC, the allow-listed read methods answered by the
-//!   cluster RPC.
+//! - [`upstream`], [`websocket`]: drop-in RPC, the allow-listed read methods
+//!   answered by the cluster RPC, and subscriptions proxied to its websocket.
 //! - [`service`], [`ledger`], [`dedup`], [`leaders`]: the send path; the ledger
 //!   owns every accepted transaction until its one terminal state.
 //! - [`metrics`]: everything exported.
@@ -26,6 +26,7 @@ pub mod rpc;
 pub mod service;
 pub mod upstream;
 pub mod validate;
+pub mod websocket;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -49,6 +50,8 @@ pub struct Gateway {
     pub rpc_addr: SocketAddr,
     /// Where `/metrics` listens.
     pub metrics_addr: SocketAddr,
+    /// Where the websocket proxy listens, when it runs.
+    pub ws_addr: Option<SocketAddr>,
     /// The service (readiness, metrics).
     pub service: Arc<Service>,
     stop: watch::Sender<bool>,
@@ -238,10 +241,43 @@ impl Gateway {
                 }
             }));
         }
-        tracing::info!(%rpc_addr, %metrics_addr, "tpu-gateway listening");
+        let ws_addr = if config.rpc.websocket_proxy && !config.cluster.websocket_urls.is_empty() {
+            let addr = config.rpc.websocket_addr();
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding rpc.websocket_listen {addr}"))?;
+            let local = listener.local_addr()?;
+            let proxy = websocket::WsProxy::new(
+                config.cluster.websocket_urls.clone(),
+                config.rpc.websocket_max_clients,
+                config.rpc.websocket_max_subscriptions,
+                service.metrics().clone(),
+            );
+            let mut stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    while !*stop.borrow() {
+                        if stop.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                if let Err(e) = axum::serve(listener, websocket::router(proxy))
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "websocket proxy failed");
+                }
+            }));
+            Some(local)
+        } else {
+            None
+        };
+        tracing::info!(%rpc_addr, %metrics_addr, ?ws_addr, "tpu-gateway listening");
         Ok(Self {
             rpc_addr,
             metrics_addr,
+            ws_addr,
             service,
             stop,
             tasks,

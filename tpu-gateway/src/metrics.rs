@@ -189,6 +189,10 @@ pub struct Metrics {
     pub rpc_requests: IntCounterVec,
     /// Calls answered by the cluster RPC, by method (from the allow-list) and result.
     pub forwarded: IntCounterVec,
+    /// The websocket proxy: connections, messages each way, refusals by reason.
+    pub websocket: IntCounterVec,
+    /// Websocket clients connected now.
+    pub websocket_clients: IntGauge,
     /// accepted = sent + dropped + in flight, updated and exported as one.
     pub accounting: Arc<Accounting>,
     /// Duplicates answered without a second send.
@@ -240,6 +244,15 @@ impl Metrics {
                 "afterburner_rpc_forwarded_total",
                 "JSON-RPC calls answered by the cluster RPC, by method and result",
                 &["method", "result"],
+            )?,
+            websocket: counter_vec(
+                "afterburner_websocket_events_total",
+                "Websocket proxy: connections, messages to_upstream/to_client, refusals by reason",
+                &["event"],
+            )?,
+            websocket_clients: IntGauge::new(
+                "afterburner_websocket_clients",
+                "Websocket proxy clients connected now",
             )?,
             accounting: Arc::default(),
             duplicates: counter(
@@ -307,6 +320,8 @@ impl Metrics {
         for c in [
             Box::new(m.rpc_requests.clone()) as Box<dyn Collector>,
             Box::new(m.forwarded.clone()),
+            Box::new(m.websocket.clone()),
+            Box::new(m.websocket_clients.clone()),
             Box::new(AccountingCollector {
                 accounting: m.accounting.clone(),
                 desc: Desc::new(

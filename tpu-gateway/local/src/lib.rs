@@ -142,6 +142,7 @@ impl Drop for GatewayProcess {
 pub fn gateway_config(
     identity: &Path,
     rpc: SocketAddr,
+    websocket: SocketAddr,
     metrics: SocketAddr,
     validator_rpc: &str,
     validator_ws: &str,
@@ -151,6 +152,7 @@ pub fn gateway_config(
         r#"identity = "{}"
 [rpc]
 listen = "{rpc}"
+websocket_listen = "{websocket}"
 [metrics]
 listen = "{metrics}"
 [cluster]

@@ -163,9 +163,12 @@ async fn run(
     ));
     // The validator's own identity: staked, as a gateway beside a validator is.
     let identity = dir.join("ledger").join("validator-keypair.json");
+    // The websocket proxy where @solana/web3.js looks: the RPC port + 1.
+    let websocket = SocketAddr::new(listen.ip(), listen.port().saturating_add(1));
     let config = gateway_config(
         &identity,
         listen,
+        websocket,
         metrics_listen,
         &validator.rpc_url(),
         &validator.rpc_pubsub_url(),

@@ -38,6 +38,7 @@ use std::{
 use afterburner_local::{
     Counts, GatewayProcess, TempDir, gateway_config, http_status, new_keypair_file,
 };
+use futures_util::StreamExt as _;
 use solana_client::{
     client_error::ClientErrorKind, nonblocking::rpc_client::RpcClient,
     rpc_config::RpcSendTransactionConfig, rpc_request::RpcError,
@@ -88,6 +89,7 @@ fn start_gateway(
     let config = gateway_config(
         &identity,
         rpc,
+        websocket_of(port),
         metrics,
         &format!("http://127.0.0.1:{RPC_PORT}"),
         &format!("ws://127.0.0.1:{}", RPC_PORT + 1),
@@ -212,6 +214,11 @@ async fn wait_for_lifecycle(gw_url: &str, sig: &Signature, state: &str) -> serde
     }
 }
 
+/// The websocket proxy of the gateway on `port` (`port + 1` is its metrics).
+fn websocket_of(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port + 2))
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
@@ -322,6 +329,23 @@ async fn transactions_land_on_a_real_validator() {
     // A different amount: with the same blockhash as phase 3's it would be the same
     // transaction.
     let dropin = transfer(&payer, &to, 2_000_000, blockhash);
+    // ... and its websocket: signatureSubscribe through the gateway's proxy.
+    let pubsub = solana_client::nonblocking::pubsub_client::PubsubClient::new(&format!(
+        "ws://{}",
+        websocket_of(21_970)
+    ))
+    .await
+    .expect("the gateway's websocket proxy");
+    let (mut notifications, _unsubscribe) = pubsub
+        .signature_subscribe(
+            &dropin.signatures[0],
+            Some(solana_client::rpc_config::RpcSignatureSubscribeConfig {
+                commitment: Some(CommitmentConfig::confirmed()),
+                enable_received_notification: Some(false),
+            }),
+        )
+        .await
+        .expect("signatureSubscribe through the gateway");
     let sig = tokio::time::timeout(
         Duration::from_secs(60),
         via_gateway.send_and_confirm_transaction(&dropin),
@@ -331,6 +355,14 @@ async fn transactions_land_on_a_real_validator() {
     .unwrap();
     assert_eq!(sig, dropin.signatures[0]);
     assert_eq!(via_gateway.get_balance(&to).await.unwrap(), 8_000_000);
+    let notified = tokio::time::timeout(Duration::from_secs(30), notifications.next())
+        .await
+        .expect("notified within 30 s")
+        .expect("a notification");
+    println!(
+        "signatureSubscribe through the gateway: notified in slot {}",
+        notified.context.slot
+    );
     // Its lifecycle, from the gateway that accepted it: sent, then landed in a slot.
     let lifecycle: serde_json::Value = wait_for_lifecycle(&gw_url, &sig, "landed").await;
     assert_eq!(lifecycle["firstSend"]["result"], "sent", "{lifecycle}");

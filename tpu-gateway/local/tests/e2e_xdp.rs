@@ -96,6 +96,7 @@ fn transactions_land_over_af_xdp() {
     let config = gateway_config(
         &identity,
         rpc,
+        "127.0.0.1:8900".parse().unwrap(),
         metrics,
         &rpc_url,
         &ws_url,
