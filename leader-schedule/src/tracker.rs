@@ -122,6 +122,12 @@ impl TrackerHandle {
         }
     }
 
+    /// The leader of `slot`, when the current window covers it (a slot that landed
+    /// a moment ago usually is; one before the last refetch may not be).
+    pub fn leader_at(&self, slot: Slot) -> Option<Pubkey> {
+        self.shared.window.load().as_ref()?.leader_at(slot)
+    }
+
     /// Age of the leader window, if one was fetched.
     pub fn schedule_age(&self) -> Option<Duration> {
         self.shared

@@ -40,6 +40,7 @@ pub fn router(service: Arc<Service>, max_body: usize) -> Router {
         .route("/v1/transactions", post(transactions))
         .route("/v1/transactions/events", get(events))
         .route("/v1/transactions/{signature}", get(lifecycle))
+        .route("/v1/leaders", get(leaders))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .layer(DefaultBodyLimit::max(max_body))
@@ -102,6 +103,15 @@ async fn events(
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// `GET /v1/leaders`: the leaders to send to and keep warm now, our connections to
+/// them, and their records.
+async fn leaders(State(service): State<Arc<Service>>) -> Response {
+    match service.leaders().await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => refusal(&e),
+    }
 }
 
 /// `GET /v1/transactions/{signature}`: the lifecycle record, 404 when this instance

@@ -5,6 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use leader_schedule::{Fanout, TrackerHandle};
+use solana_sdk::pubkey::Pubkey;
 
 /// The addresses to send to now and to keep connections warm for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -15,6 +16,8 @@ pub struct Targets {
     pub connect: Vec<SocketAddr>,
     /// The current slot, when known.
     pub slot: Option<u64>,
+    /// The identities of the leaders above, by TPU address (empty: static leaders).
+    pub identities: Vec<(SocketAddr, Pubkey)>,
 }
 
 /// A source of [`Targets`].
@@ -27,6 +30,8 @@ pub trait LeaderSource: Send + Sync + 'static {
     fn current_slot(&self) -> Option<u64>;
     /// How old the leader schedule is (`None`: none yet; static leaders: zero).
     fn schedule_age(&self) -> Option<Duration>;
+    /// The leader of `slot`, when known.
+    fn leader_at(&self, slot: u64) -> Option<Pubkey>;
 }
 
 /// A fixed list of TPU QUIC addresses.
@@ -39,6 +44,7 @@ impl LeaderSource for StaticLeaders {
             send: self.0.clone(),
             connect: self.0.clone(),
             slot: None,
+            identities: Vec::new(),
         }
     }
     fn ready(&self) -> Result<(), String> {
@@ -53,6 +59,9 @@ impl LeaderSource for StaticLeaders {
     }
     fn schedule_age(&self) -> Option<Duration> {
         Some(Duration::ZERO)
+    }
+    fn leader_at(&self, _: u64) -> Option<Pubkey> {
+        None
     }
 }
 
@@ -74,6 +83,12 @@ impl LeaderSource for TrackedLeaders {
             send: l.send_addresses().collect(),
             connect: l.connect.iter().filter_map(|x| x.tpu_quic).collect(),
             slot: l.slot,
+            identities: l
+                .send
+                .iter()
+                .chain(&l.connect)
+                .filter_map(|x| Some((x.tpu_quic?, x.identity)))
+                .collect(),
         }
     }
     fn ready(&self) -> Result<(), String> {
@@ -92,5 +107,8 @@ impl LeaderSource for TrackedLeaders {
     }
     fn schedule_age(&self) -> Option<Duration> {
         self.handle.schedule_age()
+    }
+    fn leader_at(&self, slot: u64) -> Option<Pubkey> {
+        self.handle.leader_at(slot)
     }
 }

@@ -11,6 +11,8 @@
 //! - [`rpc`], [`validate`], [`http`]: the ingress.
 //! - [`upstream`], [`websocket`]: drop-in RPC, the allow-listed read methods
 //!   answered by the cluster RPC, and subscriptions proxied to its websocket.
+//! - [`leader_book`]: what each leader did with our sends, and who led the slots
+//!   ours landed in.
 //! - [`service`], [`ledger`], [`dedup`], [`leaders`]: the send path; the ledger
 //!   owns every accepted transaction until its one terminal state.
 //! - [`metrics`]: everything exported.
@@ -19,6 +21,7 @@
 pub mod config;
 pub mod dedup;
 pub mod http;
+pub mod leader_book;
 pub mod leaders;
 pub mod ledger;
 pub mod metrics;

@@ -193,6 +193,12 @@ pub struct Metrics {
     pub websocket: IntCounterVec,
     /// Websocket clients connected now.
     pub websocket_clients: IntGauge,
+    /// Sends by leader (its identity for the first 32 seen, then `other`;
+    /// `unknown`: static leaders) and result (`sent`, `dropped`).
+    pub leader_sends: IntCounterVec,
+    /// Landed transactions by the leader of their slot, and whether we had sent to
+    /// that leader (`yes`, `no`).
+    pub leader_landed: IntCounterVec,
     /// accepted = sent + dropped + in flight, updated and exported as one.
     pub accounting: Arc<Accounting>,
     /// Duplicates answered without a second send.
@@ -249,6 +255,16 @@ impl Metrics {
                 "afterburner_websocket_events_total",
                 "Websocket proxy: connections, messages to_upstream/to_client, refusals by reason",
                 &["event"],
+            )?,
+            leader_sends: counter_vec(
+                "afterburner_leader_sends_total",
+                "Sends by leader identity (first 32, then other) and result",
+                &["leader", "result"],
+            )?,
+            leader_landed: counter_vec(
+                "afterburner_leader_landed_total",
+                "Landed transactions by the leader of their slot, and whether we sent to it",
+                &["leader", "sent_to"],
             )?,
             websocket_clients: IntGauge::new(
                 "afterburner_websocket_clients",
@@ -322,6 +338,8 @@ impl Metrics {
             Box::new(m.forwarded.clone()),
             Box::new(m.websocket.clone()),
             Box::new(m.websocket_clients.clone()),
+            Box::new(m.leader_sends.clone()),
+            Box::new(m.leader_landed.clone()),
             Box::new(AccountingCollector {
                 accounting: m.accounting.clone(),
                 desc: Desc::new(

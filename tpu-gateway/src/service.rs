@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, wat
 
 use crate::{
     dedup::Dedup,
+    leader_book::LeaderBook,
     leaders::LeaderSource,
     ledger::{
         ATTEMPTS, Action, FirstSendDone, Ledger, LedgerConfig, NewTx, Record, State as LedgerState,
@@ -122,6 +123,8 @@ pub struct Admitted {
 pub enum Query {
     /// The lifecycle record of the newest transaction with this signature.
     Lifecycle(Signature, oneshot::Sender<Option<Value>>),
+    /// The upcoming leaders, our connections to them and their records.
+    Leaders(oneshot::Sender<Value>),
 }
 
 /// What the forwarder takes in: admitted transactions and questions.
@@ -202,6 +205,26 @@ impl Service {
     /// many).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
+    }
+
+    /// The upcoming leaders, our connections to them and what each did with our
+    /// transactions (`GET /v1/leaders`), asked of the forwarder.
+    ///
+    /// # Errors
+    /// As [`Self::lifecycle`].
+    pub async fn leaders(&self) -> Result<Value, SendError> {
+        let (reply, answer) = oneshot::channel();
+        self.queries
+            .try_send(Query::Leaders(reply))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SendError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => SendError::NotReady("shutting down"),
+            })?;
+        match tokio::time::timeout(QUERY_TIMEOUT, answer).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(SendError::NotReady("shutting down")),
+            Err(_) => Err(SendError::NotReady("the forwarder did not answer in time")),
+        }
     }
 
     /// This instance's name (see [`ServiceConfig::instance`]).
@@ -518,6 +541,8 @@ pub struct Forwarder {
     ledger: Ledger,
     /// Each live transaction's place in the ledger, released when it ends.
     rooms: HashMap<TxId, OwnedSemaphorePermit>,
+    /// Per-leader sends and landings.
+    book: LeaderBook,
     actions: Vec<Action>,
     warm: Vec<SocketAddr>,
 }
@@ -580,6 +605,7 @@ impl Forwarder {
             status_rpc,
             ledger,
             rooms: HashMap::new(),
+            book: LeaderBook::default(),
             actions: Vec::new(),
             warm: Vec::new(),
         }
@@ -653,7 +679,60 @@ impl Forwarder {
                 // The asker may have given up: nothing to do then.
                 let _ = reply.send(record);
             }
+            Query::Leaders(reply) => {
+                let _ = reply.send(self.leaders_json());
+            }
         }
+    }
+
+    /// `GET /v1/leaders`: the leaders to send to and to keep warm now, each with its
+    /// identity, TPU address, our connection to it and its record.
+    fn leaders_json(&self) -> Value {
+        let targets = self.leaders.targets();
+        // Asking the engine thread waits on it (briefly); not on a one-thread runtime.
+        let can_ask = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let connection = |addr: SocketAddr| -> Value {
+            let info = match &self.engine {
+                Some(engine) if can_ask => {
+                    tokio::task::block_in_place(|| engine.connection_info(addr))
+                }
+                _ => None,
+            };
+            match info {
+                None => Value::Null,
+                Some(c) => json!({
+                    "established": c.established,
+                    "rttMs": c.rtt.as_secs_f64() * 1e3,
+                    "streamsOpened": c.streams_opened,
+                    "streamLimit": c.stream_limit_uni,
+                    "queued": c.queued,
+                }),
+            }
+        };
+        let leaders: Vec<Value> = targets
+            .connect
+            .iter()
+            .map(|&addr| {
+                let identity = targets
+                    .identities
+                    .iter()
+                    .find(|(a, _)| *a == addr)
+                    .map(|(_, id)| *id);
+                json!({
+                    "identity": identity.map(|i| i.to_string()),
+                    "tpu": addr.to_string(),
+                    "sendingNow": targets.send.contains(&addr),
+                    "connection": connection(addr),
+                    "record": identity.map(|i| self.book.json(&i)),
+                })
+            })
+            .collect();
+        json!({
+            "instance": self.config.instance,
+            "slot": targets.slot,
+            "leaders": leaders,
+        })
     }
 
     /// Takes an admitted transaction into the ledger.
@@ -717,7 +796,11 @@ impl Forwarder {
         for action in actions.drain(..) {
             match action {
                 Action::Send { id, attempt, wire } => {
-                    let targets = targets.get_or_insert_with(|| self.leaders.targets());
+                    let targets = targets.get_or_insert_with(|| {
+                        let t = self.leaders.targets();
+                        self.book.learn(&t.identities);
+                        t
+                    });
                     let send = targets.send.clone();
                     let connect = targets.connect.clone();
                     self.prewarm(&connect);
@@ -733,6 +816,7 @@ impl Forwarder {
                     );
                     if terminal == Terminal::Landed {
                         self.metrics.landing.observe(age.as_secs_f64());
+                        self.attribute_landing(id, age);
                     }
                     self.metrics
                         .retired
@@ -760,6 +844,28 @@ impl Forwarder {
             });
         }
         self.metrics.tracked.set(self.ledger.live() as i64);
+    }
+
+    /// Credits the leader of the slot `id` landed in, and whether we sent to it.
+    fn attribute_landing(&mut self, id: TxId, age: Duration) {
+        let Some(r) = self.ledger.get(id) else {
+            return;
+        };
+        let leader = r.landed_slot.and_then(|slot| self.leaders.leader_at(slot));
+        let sent_to = leader.is_some_and(|leader| {
+            r.sends
+                .iter()
+                .filter_map(|s| s.target)
+                .any(|t| self.book.identity_of(t) == Some(leader))
+        });
+        if let Some(leader) = leader {
+            self.book.on_landed(leader, sent_to, age);
+        }
+        let label = self.book.label(leader);
+        self.metrics
+            .leader_landed
+            .with_label_values(&[label.as_str(), if sent_to { "yes" } else { "no" }])
+            .inc();
     }
 
     /// Hands attempt `attempt` of `id` to the engine for each of `targets`.
@@ -862,6 +968,17 @@ impl Forwarder {
             OutcomeKind::Dropped(r) => r.label(),
         };
         self.metrics.sends.with_label_values(&[label]).inc();
+        self.book.on_send(target, kind);
+        let leader = self.book.identity_of(target);
+        let leader = self.book.label(leader);
+        let result = match kind {
+            OutcomeKind::Sent => "sent",
+            OutcomeKind::Dropped(_) => "dropped",
+        };
+        self.metrics
+            .leader_sends
+            .with_label_values(&[leader.as_str(), result])
+            .inc();
         let first_frame = self.ledger.on_send_outcome(id, attempt, target, kind);
         self.emit(id, at, || {
             json!({"event": "send", "attempt": attempt, "target": target.to_string(), "outcome": label})

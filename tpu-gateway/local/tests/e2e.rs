@@ -371,6 +371,33 @@ async fn transactions_land_on_a_real_validator() {
         "{lifecycle}"
     );
     assert!(!lifecycle["sends"].as_array().unwrap().is_empty());
+    // Who led the slots ours landed in: the validator, which we had sent to.
+    let body = reqwest::get(format!("{gw_url}/v1/leaders"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let leaders: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let leader = &leaders["leaders"][0];
+    let validator_identity =
+        solana_sdk::signature::read_keypair_file(ledger.join("validator-keypair.json"))
+            .unwrap()
+            .pubkey();
+    assert_eq!(
+        leader["identity"],
+        validator_identity.to_string(),
+        "{leaders}"
+    );
+    assert_eq!(leader["connection"]["established"], true, "{leaders}");
+    assert!(
+        leader["record"]["landed"].as_u64().unwrap() >= 3,
+        "{leaders}"
+    );
+    assert_eq!(
+        leader["record"]["landed"], leader["record"]["landedSentTo"],
+        "we had sent each one to the slot's leader: {leaders}"
+    );
 
     // Phase 3c: expiry follows the blockhash. One the cluster never had expires once
     // the cluster calls it invalid for the grace window (seconds, not the 150-slot
