@@ -172,7 +172,10 @@ impl Default for LedgerConfig {
             blockhash_grace: Duration::from_secs(10),
             nonce_max_age: Duration::from_secs(300),
             slot_duration: Duration::from_millis(400),
-            max_send_records: 64,
+            // 16 x ~80 bytes per transaction: the first sends (the first attempt's
+            // fanout and a few rebroadcasts) are what a lifecycle needs, and 100,000
+            // tracked transactions stay within ~130 MB at worst.
+            max_send_records: 16,
             keep_ended: Duration::from_secs(600),
             max_ended: 100_000,
         }
