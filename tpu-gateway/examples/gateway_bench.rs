@@ -118,10 +118,13 @@ async fn rig(listen: &str, busy_poll: bool, verify: bool) -> Result<Rig> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let server =
         support::AgaveServer::start("127.0.0.1:0".parse()?, &[(identity.pubkey(), 1_000_000)]);
+    // Every accepted transaction holds a place in the ledger until it ends (here one
+    // retry interval after its one send): room for the whole run, since this
+    // measures ingress, not the ledger's bound.
     let text = format!(
         "identity = \"{}\"\n[rpc]\nlisten = \"{listen}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
          [cluster]\nstatic_leaders = [\"{}\"]\n[validation]\npreflight = \"refuse\"\nverify_signatures = {verify}\n\
-         [packet_path]\nbind = \"127.0.0.1:0\"\n[limits]\nqueue = 100000\n[retry]\ndefault_max_retries = 0\n\
+         [packet_path]\nbind = \"127.0.0.1:0\"\n[limits]\nqueue = 100000\nmax_tracked = 1000000\n[retry]\ndefault_max_retries = 0\n\
          [engine]\nbusy_poll = {busy_poll}\nbusy_poll_idle_ms = 1000\n[log]\nlevel = \"warn\"\n",
         id.display(),
         server.addr

@@ -18,9 +18,10 @@ use std::{
 use afterburner_quic::{
     Availability, DropReason, EngineHandle, EngineSubmitter, Outcome, OutcomeKind, Submission,
 };
+use prometheus::IntCounter;
 use serde_json::{Value, json};
 use solana_commitment_config::CommitmentConfig;
-use solana_sdk::{hash::Hash, signature::Signature};
+use solana_sdk::{hash::Hash, pubkey::Pubkey, signature::Signature};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
 use crate::{
@@ -543,6 +544,9 @@ pub struct Forwarder {
     rooms: HashMap<TxId, OwnedSemaphorePermit>,
     /// Per-leader sends and landings.
     book: LeaderBook,
+    /// `leader_sends_total` counters by leader (sent, dropped), looked up once each:
+    /// bounded like the book's identities.
+    leader_sends: HashMap<Option<Pubkey>, [IntCounter; 2]>,
     actions: Vec<Action>,
     warm: Vec<SocketAddr>,
 }
@@ -606,6 +610,7 @@ impl Forwarder {
             ledger,
             rooms: HashMap::new(),
             book: LeaderBook::default(),
+            leader_sends: HashMap::new(),
             actions: Vec::new(),
             warm: Vec::new(),
         }
@@ -629,10 +634,22 @@ impl Forwarder {
                 }
                 Some(a) = self.queue.recv() => {
                     self.admit(a);
-                    // Its first send goes out now, not at the next tick.
+                    // And whatever else waits, so that a burst goes out in one step.
+                    for _ in 1..BATCH {
+                        let Ok(a) = self.queue.try_recv() else { break };
+                        self.admit(a);
+                    }
+                    // Their first sends go out now, not at the next tick.
                     self.step(Instant::now());
                 }
-                Some((o, at)) = self.outcomes.recv() => self.outcome(o, at),
+                Some((o, at)) = self.outcomes.recv() => {
+                    self.outcome(o, at);
+                    for _ in 1..BATCH {
+                        let Ok((o, at)) = self.outcomes.try_recv() else { break };
+                        self.outcome(o, at);
+                    }
+                    self.perform(Instant::now());
+                }
                 Some(q) = self.queries.recv() => self.answer(q),
                 Some(statuses) = landed_rx.recv() => {
                     status_busy = false;
@@ -948,11 +965,11 @@ impl Forwarder {
     }
 
     /// An engine outcome, reported at `at`.
+    /// An engine outcome, reported at `at` (counted by the next [`Self::perform`]).
     fn outcome(&mut self, o: Outcome, at: Instant) {
         let (id, attempt) = (o.id / ATTEMPTS, o.id % ATTEMPTS);
         let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
         self.send_outcome(id, attempt, o.target, o.kind, at);
-        self.perform(at);
     }
 
     fn send_outcome(
@@ -970,15 +987,22 @@ impl Forwarder {
         self.metrics.sends.with_label_values(&[label]).inc();
         self.book.on_send(target, kind);
         let leader = self.book.identity_of(target);
-        let leader = self.book.label(leader);
-        let result = match kind {
-            OutcomeKind::Sent => "sent",
-            OutcomeKind::Dropped(_) => "dropped",
+        let counters = match self.leader_sends.get(&leader) {
+            Some(c) => c,
+            None => {
+                if self.leader_sends.len() >= crate::leader_book::MAX_LEADERS {
+                    self.leader_sends.clear();
+                }
+                let label = self.book.label(leader);
+                let m = &self.metrics.leader_sends;
+                let c = [
+                    m.with_label_values(&[label.as_str(), "sent"]),
+                    m.with_label_values(&[label.as_str(), "dropped"]),
+                ];
+                self.leader_sends.entry(leader).or_insert(c)
+            }
         };
-        self.metrics
-            .leader_sends
-            .with_label_values(&[leader.as_str(), result])
-            .inc();
+        counters[usize::from(kind != OutcomeKind::Sent)].inc();
         let first_frame = self.ledger.on_send_outcome(id, attempt, target, kind);
         self.emit(id, at, || {
             json!({"event": "send", "attempt": attempt, "target": target.to_string(), "outcome": label})
@@ -1041,6 +1065,9 @@ pub struct Event {
 
 /// Events a subscriber may fall behind by before it loses the oldest.
 pub const EVENT_BUFFER: usize = 4096;
+
+/// Admitted transactions (or engine outcomes) the forwarder takes in one step.
+const BATCH: usize = 256;
 
 /// Questions waiting for the forwarder at most (more: 429).
 const QUERY_QUEUE: usize = 1024;
