@@ -219,31 +219,18 @@ impl Gateway {
             .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
         let rpc_addr = rpc_listener.local_addr()?;
         let metrics_addr = metrics_listener.local_addr()?;
-        let mut tasks = Vec::new();
-        for (listener, router) in [
-            (
+        let mut tasks = vec![
+            serve(
                 rpc_listener,
                 http::router(service.clone(), config.rpc.max_request_bytes),
+                stop_rx.clone(),
             ),
-            (metrics_listener, http::metrics_router(service.clone())),
-        ] {
-            let mut stop = stop_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let shutdown = async move {
-                    while !*stop.borrow() {
-                        if stop.changed().await.is_err() {
-                            break;
-                        }
-                    }
-                };
-                if let Err(e) = axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            }));
-        }
+            serve(
+                metrics_listener,
+                http::metrics_router(service.clone()),
+                stop_rx.clone(),
+            ),
+        ];
         let ws_addr = if config.rpc.websocket_proxy && !config.cluster.websocket_urls.is_empty() {
             let addr = config.rpc.websocket_addr();
             let listener = tokio::net::TcpListener::bind(addr)
@@ -256,22 +243,7 @@ impl Gateway {
                 config.rpc.websocket_max_subscriptions,
                 service.metrics().clone(),
             );
-            let mut stop = stop_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let shutdown = async move {
-                    while !*stop.borrow() {
-                        if stop.changed().await.is_err() {
-                            break;
-                        }
-                    }
-                };
-                if let Err(e) = axum::serve(listener, websocket::router(proxy))
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "websocket proxy failed");
-                }
-            }));
+            tasks.push(serve(listener, websocket::router(proxy), stop_rx.clone()));
             Some(local)
         } else {
             None
@@ -308,6 +280,30 @@ impl Gateway {
             "final accounting"
         );
     }
+}
+
+/// Serves `router` on `listener` until `stop` turns true (graceful: requests in
+/// progress finish).
+fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let shutdown = async move {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    })
 }
 
 /// This instance's name: the host's (a pod's name in Kubernetes), else

@@ -214,18 +214,7 @@ impl Service {
     /// # Errors
     /// As [`Self::lifecycle`].
     pub async fn leaders(&self) -> Result<Value, SendError> {
-        let (reply, answer) = oneshot::channel();
-        self.queries
-            .try_send(Query::Leaders(reply))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SendError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => SendError::NotReady("shutting down"),
-            })?;
-        match tokio::time::timeout(QUERY_TIMEOUT, answer).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(_)) => Err(SendError::NotReady("shutting down")),
-            Err(_) => Err(SendError::NotReady("the forwarder did not answer in time")),
-        }
+        self.ask(Query::Leaders).await
     }
 
     /// This instance's name (see [`ServiceConfig::instance`]).
@@ -240,17 +229,24 @@ impl Service {
     /// [`SendError::QueueFull`] when too many questions wait; `NotReady` when the
     /// forwarder has stopped or does not answer in time.
     pub async fn lifecycle(&self, signature: Signature) -> Result<Option<Value>, SendError> {
+        self.ask(|reply| Query::Lifecycle(signature, reply)).await
+    }
+
+    /// Asks the forwarder `query` (made with the reply channel) and waits for the
+    /// answer, bounded in queue and time.
+    async fn ask<T>(
+        &self,
+        query: impl FnOnce(oneshot::Sender<T>) -> Query,
+    ) -> Result<T, SendError> {
         let (reply, answer) = oneshot::channel();
-        self.queries
-            .try_send(Query::Lifecycle(signature, reply))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SendError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => SendError::NotReady("shutting down"),
-            })?;
+        self.queries.try_send(query(reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => SendError::NotReady("shutting down"),
+        })?;
         match tokio::time::timeout(QUERY_TIMEOUT, answer).await {
-            Ok(Ok(record)) => Ok(record),
+            Ok(Ok(v)) => Ok(v),
             Ok(Err(_)) => Err(SendError::NotReady("shutting down")),
-            Err(_) => Err(SendError::NotReady("the ledger did not answer in time")),
+            Err(_) => Err(SendError::NotReady("the forwarder did not answer in time")),
         }
     }
 
