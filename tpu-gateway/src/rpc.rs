@@ -803,24 +803,12 @@ mod tests {
         }
     }
 
+    /// One signed transfer, base58 (test-support builds it).
     fn signed_transfer() -> String {
-        use solana_sdk::{
-            hash::Hash, pubkey::Pubkey, signature::Keypair, signer::Signer,
-            transaction::Transaction,
-        };
-        let payer = Keypair::new();
-        let ix = solana_system_interface::instruction::transfer(
-            &payer.pubkey(),
-            &Pubkey::new_unique(),
-            1,
-        );
-        let tx = Transaction::new_signed_with_payer(
-            &[ix],
-            Some(&payer.pubkey()),
-            &[&payer],
-            Hash::new_unique(),
-        );
-        bs58::encode(bincode::serialize(&tx).unwrap()).into_string()
+        let wire =
+            afterburner_test_support::signed_transfers(&solana_sdk::signature::Keypair::new(), 1)
+                .remove(0);
+        bs58::encode(wire).into_string()
     }
 
     #[test]

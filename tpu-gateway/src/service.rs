@@ -1185,27 +1185,13 @@ async fn landed_among(rpc: &ClusterRpc, sigs: Vec<Signature>) -> Vec<(Signature,
 mod tests {
     use afterburner_quic::Identity;
     use afterburner_xdp::udp::UdpIo;
-    use solana_sdk::{
-        hash::Hash, pubkey::Pubkey, signature::Keypair, signer::Signer, transaction::Transaction,
-    };
+    use solana_sdk::signature::Keypair;
 
     use super::*;
     use crate::{leaders::StaticLeaders, rpc::Sender as _, validate};
 
     fn request() -> SendRequest {
-        let payer = Keypair::new();
-        let ix = solana_system_interface::instruction::transfer(
-            &payer.pubkey(),
-            &Pubkey::new_unique(),
-            1,
-        );
-        let tx = Transaction::new_signed_with_payer(
-            &[ix],
-            Some(&payer.pubkey()),
-            &[&payer],
-            Hash::new_unique(),
-        );
-        let wire = bincode::serialize(&tx).expect("serialize");
+        let wire = afterburner_test_support::signed_transfers(&Keypair::new(), 1).remove(0);
         SendRequest {
             tx: validate::validate(wire, true).expect("valid"),
             options: rpc::SendOptions {
