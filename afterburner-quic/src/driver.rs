@@ -144,7 +144,21 @@ impl EngineHandle {
         io: I,
         sink: S,
     ) -> Result<Self, EngineError> {
-        let stats = Arc::new(EngineStats::default());
+        Self::spawn_with_stats(config, identity, io, sink, Arc::default())
+    }
+
+    /// As [`Self::spawn`], counting into `stats` (a restarted engine keeps counting
+    /// where the one it replaces stopped).
+    ///
+    /// # Errors
+    /// As [`Self::spawn`].
+    pub fn spawn_with_stats<I: PacketIo + 'static, S: OutcomeSink>(
+        config: EngineConfig,
+        identity: &Identity,
+        io: I,
+        sink: S,
+        stats: Arc<EngineStats>,
+    ) -> Result<Self, EngineError> {
         let local = io.local_addr();
         let engine = Engine::new(config.clone(), identity, local, stats.clone())?;
         let (commands, rx) = crossbeam_channel::bounded(config.ingress_queue.max(1));
@@ -265,6 +279,12 @@ impl EngineHandle {
     /// The engine's counters.
     pub fn stats(&self) -> &Arc<EngineStats> {
         &self.stats
+    }
+
+    /// Whether the engine thread still runs (false once it ended: shut down, an I/O
+    /// error, a panic).
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
     }
 
     /// The local address the engine sends from.

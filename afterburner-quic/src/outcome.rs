@@ -34,6 +34,9 @@ pub enum DropReason {
     Shutdown,
     /// A local QUIC error while writing the stream (a bug if it ever shows).
     LocalError,
+    /// The engine thread ended on its own (an I/O error, a panic) before the
+    /// transaction was written; reported by its owner, which learns of the end.
+    EngineFailed,
 }
 
 impl DropReason {
@@ -58,11 +61,12 @@ impl DropReason {
             Self::Evicted => 15,
             Self::Shutdown => 16,
             Self::LocalError => 17,
+            Self::EngineFailed => 18,
         }
     }
 
     /// Every label, in [`Self::index`] order.
-    pub const LABELS: [&'static str; 18] = [
+    pub const LABELS: [&'static str; 19] = [
         "empty",
         "too_large",
         "engine_queue_full",
@@ -81,6 +85,7 @@ impl DropReason {
         "evicted",
         "shutdown",
         "local_error",
+        "engine_failed",
     ];
 }
 
@@ -129,6 +134,7 @@ mod tests {
             DropReason::Evicted,
             DropReason::Shutdown,
             DropReason::LocalError,
+            DropReason::EngineFailed,
         ];
         for (i, r) in all.iter().enumerate() {
             assert_eq!(r.index(), i, "{r:?}");

@@ -28,4 +28,4 @@ pub use fanout::{Fanout, Leader, Leaders};
 pub use method::Method;
 pub use source::{ClientRpc, Failover, RpcError, RpcSource};
 pub use stats::{SlotSource, TrackerStats, TrackerStatsSnapshot};
-pub use tracker::{LeaderTracker, TrackerConfig, TrackerHandle};
+pub use tracker::{Failing, Health, LeaderTracker, Stale, TrackerConfig, TrackerHandle, Unusable};

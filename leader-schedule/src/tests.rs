@@ -13,7 +13,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use solana_client::rpc_response::RpcContactInfo;
@@ -167,7 +167,15 @@ fn at_slot(rpc: &ScriptedRpc, handle: &TrackerHandle, slot: Slot) {
 
 async fn refresh(handle: &TrackerHandle, rpc: &ScriptedRpc, config: &TrackerConfig) {
     let slot = handle.current_slot().expect("a slot was observed");
-    refresh_window(handle, rpc, config, &ScriptedRpc::schedule(), slot).await;
+    refresh_window(
+        handle,
+        rpc,
+        config,
+        &ScriptedRpc::schedule(),
+        slot,
+        Instant::now(),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -287,11 +295,16 @@ async fn outage_keeps_the_last_schedule_and_marks_it_stale() {
         ..config()
     };
     let handle = TrackerHandle::for_tests(&config);
-    assert!(handle.is_stale(), "nothing fetched yet");
+    assert_eq!(
+        handle.health(8).unusable,
+        Some(crate::Unusable::NoSchedule),
+        "nothing fetched yet"
+    );
     refresh_nodes(&handle, &rpc, &config).await;
     at_slot(&rpc, &handle, 10);
     refresh(&handle, &rpc, &config).await;
     assert!(!handle.is_stale());
+    assert_eq!(handle.health(8).unusable, None);
 
     rpc.down.store(true, Ordering::Relaxed);
     // Past the window: a refetch is attempted, and fails.
@@ -302,6 +315,20 @@ async fn outage_keeps_the_last_schedule_and_marks_it_stale() {
         rpc.calls.load(Ordering::Relaxed),
         calls + 1,
         "a refetch was attempted"
+    );
+    assert!(
+        matches!(handle.health(8).stale, Some(crate::Stale::ScheduleRefresh(f, _)) if f.attempts == 1),
+        "{:?}",
+        handle.health(8)
+    );
+    assert!(handle.leaders(Fanout::default()).stale);
+    assert!(
+        matches!(
+            handle.health(8).unusable,
+            Some(crate::Unusable::NotCovered { slot: 200, .. })
+        ),
+        "slot 200 is past the window: {:?}",
+        handle.health(8)
     );
     assert!(!refresh_nodes(&handle, &rpc, &config).await);
     let window = handle.window_for_tests().unwrap();
@@ -317,13 +344,48 @@ async fn outage_keeps_the_last_schedule_and_marks_it_stale() {
         leaders.send[0].tpu_quic.is_some(),
         "last good addresses kept"
     );
+    // Stale (refreshes failing), yet usable: the window still covers the slots
+    // ahead.
+    let health = handle.health(8);
+    assert_eq!(health.unusable, None, "{health:?}");
+    assert!(health.stale.is_some(), "{health:?}");
 
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    handle.observe_for_tests(13);
-    assert!(handle.is_stale(), "window older than stale_after");
-    assert!(handle.leaders(Fanout::default()).stale);
+    // Slots silent past `stale_after`: stale for that too (the estimate runs on).
+    assert!(
+        matches!(
+            handle
+                .health_at(Instant::now() + Duration::from_millis(150), 8)
+                .stale,
+            Some(crate::Stale::ScheduleRefresh(..))
+        ),
+        "the failing refresh is named first"
+    );
+
+    // Back: the next refresh clears it.
+    rpc.down.store(false, Ordering::Relaxed);
+    assert!(refresh_nodes(&handle, &rpc, &config).await);
+    at_slot(&rpc, &handle, 200);
+    refresh(&handle, &rpc, &config).await;
+    assert_eq!(
+        handle.health(8),
+        crate::Health {
+            unusable: None,
+            stale: None
+        }
+    );
+    assert!(matches!(
+        handle
+            .health_at(Instant::now() + Duration::from_millis(150), 8)
+            .stale,
+        Some(crate::Stale::SlotSilent(_))
+    ));
 }
 
+/// `/ready`'s old rule called a window stale 30 s after it was fetched, while the
+/// default lookahead (200 slots, refetched below 100) refetches about every 40 s:
+/// not ready for ~10 s of every 40. Driven on a simulated clock through five
+/// refetch periods at 400 ms slots with the defaults, the tracker is usable and not
+/// stale at every 100 ms step, although windows grow older than 30 s.
 #[tokio::test]
 async fn failover_moves_to_a_working_endpoint_and_counts_errors() {
     let stats = Arc::new(TrackerStats::default());
@@ -356,4 +418,96 @@ async fn all_endpoints_down_is_an_error_not_a_panic() {
     assert_eq!(stats.rpc_errors(Method::GetClusterNodes), 3);
     let none: Failover<ScriptedRpc> = Failover::new(Vec::new(), stats);
     assert!(none.get_slot().await.is_err());
+}
+
+/// Mainnet-sized epochs (432,000 slots; windows are never cut short by an epoch
+/// end), four leaders of four slots each.
+struct LongEpochs {
+    identities: [Pubkey; 4],
+}
+
+impl LongEpochs {
+    const EPOCH: u64 = 432_000;
+
+    fn schedule() -> EpochSchedule {
+        EpochSchedule::custom(Self::EPOCH, Self::EPOCH, false)
+    }
+}
+
+impl RpcSource for LongEpochs {
+    async fn get_slot(&self) -> Result<Slot, RpcError> {
+        Err(RpcError {
+            method: Method::GetSlot,
+            message: "the test observes slots itself".into(),
+        })
+    }
+
+    async fn get_epoch_schedule(&self) -> Result<EpochSchedule, RpcError> {
+        Ok(Self::schedule())
+    }
+
+    async fn get_slot_leaders(&self, start: Slot, limit: u64) -> Result<Vec<Pubkey>, RpcError> {
+        Ok((start..start + limit)
+            .map(|s| self.identities[(s / 4 % 4) as usize])
+            .collect())
+    }
+
+    async fn get_cluster_nodes(&self) -> Result<Vec<RpcContactInfo>, RpcError> {
+        Ok(self
+            .identities
+            .iter()
+            .enumerate()
+            .map(|(i, id)| node(id, Some(addr(i))))
+            .collect())
+    }
+}
+
+/// `/ready`'s old rule called a window stale 30 s after it was fetched, while the
+/// default lookahead (200 slots, refetched below 100) refetches about every 40 s:
+/// not ready for ~10 s of every 40. Driven on a simulated clock through five
+/// refetch periods at 400 ms slots with the defaults, the tracker is usable and not
+/// stale at every 100 ms step, although windows grow older than 30 s.
+#[tokio::test]
+async fn usable_through_many_refetch_periods_under_the_defaults() {
+    let rpc = LongEpochs {
+        identities: std::array::from_fn(|_| Pubkey::new_unique()),
+    };
+    let config = TrackerConfig::default();
+    let handle = TrackerHandle::for_tests(&config);
+    assert!(refresh_nodes(&handle, &rpc, &config).await);
+    let t0 = Instant::now();
+    let slot_ms = 400u64;
+    // What the gateway's default fanout needs: 2 leaders of 4 slots ahead.
+    let needed = 8;
+    let mut oldest_window = Duration::ZERO;
+    let periods = 5;
+    // One refetch period: (200 - 100) slots.
+    let steps = periods * 100 * slot_ms / 100;
+    for step in 0..=steps {
+        let now = t0 + Duration::from_millis(step * 100);
+        let slot = 1_000_000 + step * 100 / slot_ms;
+        if step % (slot_ms / 100) == 0 {
+            // The slot poll and the schedule task, once per slot.
+            handle.observe_at_for_tests(slot, now);
+            refresh_window(&handle, &rpc, &config, &LongEpochs::schedule(), slot, now).await;
+        }
+        let health = handle.health_at(now, needed);
+        assert_eq!(
+            health,
+            crate::Health {
+                unusable: None,
+                stale: None
+            },
+            "at {} ms, slot {slot}",
+            step * 100
+        );
+        let window = handle.window_for_tests().unwrap();
+        oldest_window = oldest_window.max(now.saturating_duration_since(window.fetched_at));
+    }
+    let fetches = handle.stats().schedule_fetches.load(Ordering::Relaxed);
+    assert!(fetches >= periods, "{fetches} fetches");
+    assert!(
+        oldest_window > Duration::from_secs(30),
+        "the old rule would have flapped: windows reached {oldest_window:?}"
+    );
 }

@@ -5,8 +5,15 @@
 //! Tasks: websocket slot updates (`slotsUpdatesSubscribe`, else `slotSubscribe`) with
 //! resubscription and backoff; `getSlot` polling whenever the websocket is down or
 //! silent; `getSlotLeaders` refetched before the window runs out; `getClusterNodes`
-//! on an interval. An RPC failure keeps the last good data; data older than
-//! `stale_after` is reported stale.
+//! on an interval. An RPC failure keeps the last good data.
+//!
+//! [`TrackerHandle::health`] says two things, separately: whether the data can be
+//! used to send now (the window covers the estimated slot and the slots ahead the
+//! fanout needs) and whether it is *stale* (the last refresh attempt failed, or no
+//! slot was observed for `stale_after`). Stale is a reason to show, not a refusal:
+//! an RPC outage alone does not stop sending while the last window still covers
+//! the slots ahead. The window's age plays no part: it is refetched on coverage,
+//! not on a clock.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -44,7 +51,8 @@ pub struct TrackerConfig {
     pub refetch_below_slots: u64,
     /// How often to refresh `getClusterNodes`.
     pub cluster_nodes_interval: Duration,
-    /// Data (schedule, slot observations) older than this is reported stale.
+    /// No slot observation for this long: reported stale (the estimate runs on the
+    /// clock meanwhile).
     pub stale_after: Duration,
     /// Longest wait between websocket reconnection attempts.
     pub websocket_backoff_max: Duration,
@@ -76,6 +84,92 @@ struct Shared {
     addresses: ArcSwap<TpuAddresses>,
     stats: Arc<TrackerStats>,
     stale_after: Duration,
+    /// Consecutive failed refreshes of the window and of the addresses, and since
+    /// when (`None`: the last attempt worked).
+    schedule_failing: Mutex<Option<Failing>>,
+    nodes_failing: Mutex<Option<Failing>>,
+}
+
+/// A run of failed refresh attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failing {
+    /// When the first of them failed.
+    pub since: Instant,
+    /// How many in a row.
+    pub attempts: u64,
+}
+
+impl Failing {
+    fn record(slot: &Mutex<Option<Self>>, ok: bool, now: Instant) {
+        let Ok(mut f) = slot.lock() else {
+            return;
+        };
+        *f = if ok {
+            None
+        } else {
+            Some(match *f {
+                Some(f) => Self {
+                    attempts: f.attempts + 1,
+                    ..f
+                },
+                None => Self {
+                    since: now,
+                    attempts: 1,
+                },
+            })
+        };
+    }
+
+    fn get(slot: &Mutex<Option<Self>>) -> Option<Self> {
+        slot.lock().ok().and_then(|f| *f)
+    }
+}
+
+/// Why the tracker's data cannot be used to send now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    /// No leader window fetched yet.
+    #[error("no leader schedule yet")]
+    NoSchedule,
+    /// No slot observed yet.
+    #[error("no slot yet")]
+    NoSlot,
+    /// The window does not cover the current slot and the slots ahead.
+    #[error(
+        "the leader schedule ends at slot {window_end}, short of slot {slot} + {needed} slots ahead"
+    )]
+    NotCovered {
+        /// The estimated current slot.
+        slot: Slot,
+        /// One past the window's last slot.
+        window_end: Slot,
+        /// Slots ahead of `slot` it must cover.
+        needed: u64,
+    },
+}
+
+/// Why the tracker's data is stale (shown and exported, not a refusal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Stale {
+    /// The last attempts to refetch the leader window failed.
+    #[error("leader schedule refresh failing ({} attempts, for {:.0?})", .0.attempts, .1)]
+    ScheduleRefresh(Failing, Duration),
+    /// The last attempts to refetch the TPU addresses failed.
+    #[error("cluster nodes refresh failing ({} attempts, for {:.0?})", .0.attempts, .1)]
+    NodesRefresh(Failing, Duration),
+    /// No slot observed for longer than `stale_after` (the estimate runs on the
+    /// clock).
+    #[error("no slot observed for {0:.0?}")]
+    SlotSilent(Duration),
+}
+
+/// The tracker's data at one moment: see [`TrackerHandle::health`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// Why it cannot be used to send (`None`: it can).
+    pub unusable: Option<Unusable>,
+    /// Why it is stale (`None`: the last refreshes worked and slots arrive).
+    pub stale: Option<Stale>,
 }
 
 /// The read side: cheap to clone, never waits on the network.
@@ -137,27 +231,65 @@ impl TrackerHandle {
             .map(|w| w.fetched_at.elapsed())
     }
 
-    /// Whether the schedule or the slot estimate is missing or older than `stale_after`
-    /// (the gateway's `/ready` uses this).
+    /// Whether the data is stale (see [`Health::stale`]).
     pub fn is_stale(&self) -> bool {
         self.is_stale_at(Instant::now())
     }
 
     fn is_stale_at(&self, now: Instant) -> bool {
-        let limit = self.shared.stale_after;
-        let window_old = self
-            .shared
-            .window
-            .load()
-            .as_ref()
-            .is_none_or(|w| now.saturating_duration_since(w.fetched_at) > limit);
-        let slot_old = self
+        self.stale_at(now).is_some()
+    }
+
+    /// Whether the data can be used to send now, needing `needed` slots ahead of the
+    /// current one, and whether it is stale.
+    pub fn health(&self, needed: u64) -> Health {
+        self.health_at(Instant::now(), needed)
+    }
+
+    /// [`Self::health`] at `now`.
+    pub fn health_at(&self, now: Instant, needed: u64) -> Health {
+        let window = self.shared.window.load();
+        let slot = self.shared.slots.load().estimate(now);
+        let unusable = match (window.as_deref(), slot) {
+            (None, _) => Some(Unusable::NoSchedule),
+            (_, None) => Some(Unusable::NoSlot),
+            (Some(w), Some(slot)) => {
+                (w.remaining_from(slot) < needed.max(1)).then_some(Unusable::NotCovered {
+                    slot,
+                    window_end: w.end(),
+                    needed,
+                })
+            }
+        };
+        Health {
+            unusable,
+            stale: self.stale_at(now),
+        }
+    }
+
+    fn stale_at(&self, now: Instant) -> Option<Stale> {
+        if let Some(f) = Failing::get(&self.shared.schedule_failing) {
+            return Some(Stale::ScheduleRefresh(
+                f,
+                now.saturating_duration_since(f.since),
+            ));
+        }
+        if let Some(f) = Failing::get(&self.shared.nodes_failing) {
+            return Some(Stale::NodesRefresh(
+                f,
+                now.saturating_duration_since(f.since),
+            ));
+        }
+        let silent = self
             .shared
             .slots
             .load()
             .last_observed_at()
-            .is_none_or(|t| now.saturating_duration_since(t) > limit);
-        window_old || slot_old
+            .map(|t| now.saturating_duration_since(t));
+        match silent {
+            Some(d) if d > self.shared.stale_after => Some(Stale::SlotSilent(d)),
+            _ => None,
+        }
     }
 
     /// The tracker's counters.
@@ -166,7 +298,10 @@ impl TrackerHandle {
     }
 
     fn observe(&self, slot: Slot) {
-        let now = Instant::now();
+        self.observe_at(slot, Instant::now());
+    }
+
+    fn observe_at(&self, slot: Slot, now: Instant) {
         let Ok(_guard) = self.shared.slots_write.lock() else {
             return;
         };
@@ -214,6 +349,8 @@ impl LeaderTracker {
             )),
             stats,
             stale_after: config.stale_after,
+            schedule_failing: Mutex::new(None),
+            nodes_failing: Mutex::new(None),
         });
         let handle = TrackerHandle { shared };
         let cancel = CancellationToken::new();
@@ -401,7 +538,15 @@ async fn schedule_task<S: RpcSource>(
             }
         }
         if let (Some(schedule), Some(slot)) = (&epoch_schedule, handle.current_slot()) {
-            refresh_window(&handle, source.as_ref(), &config, schedule, slot).await;
+            refresh_window(
+                &handle,
+                source.as_ref(),
+                &config,
+                schedule,
+                slot,
+                Instant::now(),
+            )
+            .await;
         }
         if !pause(&cancel, config.slot_duration).await {
             return;
@@ -409,13 +554,15 @@ async fn schedule_task<S: RpcSource>(
     }
 }
 
-/// Fetches a new leader window when the current one runs low; keeps the old one on error.
+/// Fetches a new leader window when the current one runs low (at `now`); keeps the
+/// old one on error, and records the failure (stale).
 pub(crate) async fn refresh_window<S: RpcSource>(
     handle: &TrackerHandle,
     source: &S,
     config: &TrackerConfig,
     schedule: &EpochSchedule,
     slot: Slot,
+    now: Instant,
 ) {
     let current = handle.shared.window.load_full();
     let Some((start, limit)) = fetch_range(
@@ -432,8 +579,9 @@ pub(crate) async fn refresh_window<S: RpcSource>(
             let window = LeaderWindow {
                 start,
                 leaders,
-                fetched_at: Instant::now(),
+                fetched_at: now,
             };
+            Failing::record(&handle.shared.schedule_failing, true, now);
             handle
                 .stats()
                 .schedule_fetches
@@ -442,6 +590,7 @@ pub(crate) async fn refresh_window<S: RpcSource>(
             update_missing_gauge(handle);
         }
         Err(e) => {
+            Failing::record(&handle.shared.schedule_failing, false, now);
             tracing::warn!(error = %e, start, limit, "leader window not refreshed; keeping the last one")
         }
     }
@@ -478,6 +627,7 @@ pub(crate) async fn refresh_nodes<S: RpcSource>(
                 tracing::debug!(?report, "getClusterNodes entries skipped");
             }
             handle.shared.addresses.store(Arc::new(map));
+            Failing::record(&handle.shared.nodes_failing, true, Instant::now());
             handle
                 .stats()
                 .cluster_node_fetches
@@ -486,6 +636,7 @@ pub(crate) async fn refresh_nodes<S: RpcSource>(
             true
         }
         Err(e) => {
+            Failing::record(&handle.shared.nodes_failing, false, Instant::now());
             tracing::warn!(error = %e, "cluster nodes not refreshed; keeping the last list");
             false
         }
@@ -522,12 +673,18 @@ impl TrackerHandle {
                 )),
                 stats: Arc::new(TrackerStats::default()),
                 stale_after: config.stale_after,
+                schedule_failing: Mutex::new(None),
+                nodes_failing: Mutex::new(None),
             }),
         }
     }
 
     pub(crate) fn observe_for_tests(&self, slot: Slot) {
         self.observe(slot);
+    }
+
+    pub(crate) fn observe_at_for_tests(&self, slot: Slot, at: Instant) {
+        self.observe_at(slot, at);
     }
 
     pub(crate) fn window_for_tests(&self) -> Option<Arc<LeaderWindow>> {

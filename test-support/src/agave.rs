@@ -48,6 +48,26 @@ impl AgaveServer {
     /// As [`Self::start`], with `threads` runtime threads for the server (agave's
     /// default is 1).
     pub fn start_with_threads(addr: SocketAddr, stakes: &[(Pubkey, u64)], threads: usize) -> Self {
+        Self::start_with(addr, stakes, threads, 8)
+    }
+
+    /// As [`Self::start`], accepting at most `per_peer` connections per identity
+    /// (agave's `max_connections_per_peer`: 1 in `QuicStreamerConfig::default()`,
+    /// which the test validator uses; 8 in agave 3.x validators).
+    pub fn start_with_peer_limit(
+        addr: SocketAddr,
+        stakes: &[(Pubkey, u64)],
+        per_peer: usize,
+    ) -> Self {
+        Self::start_with(addr, stakes, 1, per_peer)
+    }
+
+    fn start_with(
+        addr: SocketAddr,
+        stakes: &[(Pubkey, u64)],
+        threads: usize,
+        per_peer: usize,
+    ) -> Self {
         let socket = UdpSocket::bind(addr).expect("bind agave server socket");
         // On loopback the server's socket overflows under bursts: give it room
         // (SO_RCVBUFFORCE needs root; otherwise the plain request, capped by rmem_max).
@@ -78,7 +98,7 @@ impl AgaveServer {
         let config = QuicStreamerConfig {
             // Tests and benchmarks reconnect from 127.0.0.1 many times a minute.
             max_connections_per_ipaddr_per_min: 10_000,
-            max_connections_per_peer: 8,
+            max_connections_per_peer: per_peer,
             num_threads: std::num::NonZeroUsize::new(threads)
                 .unwrap_or(std::num::NonZeroUsize::MIN),
             ..QuicStreamerConfig::default()

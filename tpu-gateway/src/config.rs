@@ -17,6 +17,9 @@ pub struct Config {
     pub identity: Option<PathBuf>,
     /// Grace period on SIGTERM/SIGINT to send what is queued.
     pub shutdown_deadline_ms: u64,
+    /// On SIGTERM/SIGINT, `/ready` answers 503 this long before the drain starts
+    /// (still accepting meanwhile), so load balancers stop routing here first.
+    pub shutdown_unready_ms: u64,
     /// JSON-RPC / HTTP ingress.
     pub rpc: RpcSection,
     /// Prometheus endpoint.
@@ -128,7 +131,8 @@ pub struct ClusterSection {
     pub static_leaders: Vec<SocketAddr>,
     /// Slot duration.
     pub slot_duration_ms: u64,
-    /// Schedule older than this makes the gateway not ready.
+    /// No slot observed for this long: the schedule is reported stale (a reason
+    /// shown, not a refusal).
     pub stale_after_secs: u64,
 }
 
@@ -232,6 +236,26 @@ pub struct EngineSection {
     pub busy_poll: bool,
     /// Busy-poll this long after the last work before sleeping.
     pub busy_poll_idle_ms: u64,
+    /// What to do when the engine thread ends on its own (an I/O error such as a
+    /// NIC reset, a panic).
+    pub on_failure: OnEngineFailure,
+    /// `restart`: at most this many restarts within `restart_window_secs`; one more
+    /// failure exits non-zero.
+    pub max_restarts: u32,
+    /// The window `max_restarts` counts in.
+    pub restart_window_secs: u64,
+}
+
+/// `engine.on_failure`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnEngineFailure {
+    /// Reopen the packet path and start a new engine in the same process: tracked
+    /// transactions stay and are rebroadcast on the new connections.
+    Restart,
+    /// Stop accepting, drain what can be accounted, and exit non-zero for
+    /// systemd or Kubernetes to restart the process.
+    Exit,
 }
 
 /// `[fleet]`: gateways that present the same identity share agave's per-identity
@@ -242,10 +266,11 @@ pub struct EngineSection {
 pub struct FleetSection {
     /// Gateways presenting this identity, this one included.
     pub instances: usize,
-    /// Connections a leader accepts per identity (agave 3.1: 8).
+    /// Connections a leader accepts per identity (agave `max_connections_per_peer`:
+    /// 8 in 3.x, 16 with agave PR #8922, 1 in the test validator).
     pub peer_connection_cap: usize,
     /// Connections per leader left to others using the identity (the validator's
-    /// own forwarding or clients).
+    /// own sending: its send-transaction-service and forwarding).
     pub reserved_connections: usize,
 }
 
@@ -287,6 +312,7 @@ impl Default for Config {
         Self {
             identity: None,
             shutdown_deadline_ms: 5_000,
+            shutdown_unready_ms: 0,
             rpc: RpcSection::default(),
             metrics: MetricsSection::default(),
             cluster: ClusterSection::default(),
@@ -401,6 +427,9 @@ impl Default for EngineSection {
             max_connections: 64,
             busy_poll: false,
             busy_poll_idle_ms: 5,
+            on_failure: OnEngineFailure::Restart,
+            max_restarts: 5,
+            restart_window_secs: 600,
         }
     }
 }
@@ -488,6 +517,10 @@ impl Config {
             ("retry.interval_ms", self.retry.interval_ms),
             ("retry.status_interval_ms", self.retry.status_interval_ms),
             ("retry.nonce_max_age_secs", self.retry.nonce_max_age_secs),
+            (
+                "engine.restart_window_secs",
+                self.engine.restart_window_secs,
+            ),
         ] {
             if v == 0 {
                 bail!("{key} must be at least 1");

@@ -275,13 +275,24 @@ fn status_of(e: &SendError) -> StatusCode {
     }
 }
 
-async fn health() -> &'static str {
-    "ok"
+/// Liveness: 503 while the engine thread is not running (restarting, or about to
+/// exit), with why.
+async fn health(State(service): State<Arc<Service>>) -> Response {
+    match service.liveness() {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}")).into_response(),
+    }
 }
 
+/// Readiness: 503 when transactions cannot be sent now, with why; a stale schedule
+/// (refreshes failing) is said but does not fail it while the schedule still covers
+/// the slots ahead.
 async fn ready(State(service): State<Arc<Service>>) -> Response {
     match service.ready() {
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Ok(()) => match service.stale() {
+            None => (StatusCode::OK, "ready").into_response(),
+            Some(why) => (StatusCode::OK, format!("ready (stale: {why})")).into_response(),
+        },
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")).into_response(),
     }
 }

@@ -24,8 +24,14 @@ pub struct Targets {
 pub trait LeaderSource: Send + Sync + 'static {
     /// The current targets (cheap; called per transaction).
     fn targets(&self) -> Targets;
-    /// `Ok` when the answer can be trusted (fresh schedule), else why not.
+    /// `Ok` when the answer can be used to send (the schedule covers the current
+    /// slot and the slots ahead the fanout needs), else why not.
     fn ready(&self) -> Result<(), String>;
+    /// Why the answer is stale, if it is: the last refreshes failed, or slots went
+    /// silent. Shown and exported, not a refusal.
+    fn stale(&self) -> Option<String> {
+        None
+    }
     /// The current slot, when known.
     fn current_slot(&self) -> Option<u64>;
     /// How old the leader schedule is (`None`: none yet; static leaders: zero).
@@ -72,8 +78,14 @@ pub struct TrackedLeaders {
     pub handle: TrackerHandle,
     /// How many leaders to send to and to connect to.
     pub fanout: Fanout,
-    /// Older than this, the schedule is not trusted for readiness.
-    pub stale_after: Duration,
+}
+
+impl TrackedLeaders {
+    /// Slots ahead of the current one the schedule must cover: each leader of the
+    /// send set holds 4 consecutive slots.
+    fn needed_slots(&self) -> u64 {
+        4 * self.fanout.send.max(1) as u64
+    }
 }
 
 impl LeaderSource for TrackedLeaders {
@@ -92,15 +104,16 @@ impl LeaderSource for TrackedLeaders {
         }
     }
     fn ready(&self) -> Result<(), String> {
-        match self.handle.schedule_age() {
-            None => Err("no leader schedule yet".into()),
-            Some(_) if self.handle.is_stale() => Err(format!(
-                "leader schedule is stale (older than {:?})",
-                self.stale_after
-            )),
-            Some(_) if self.handle.current_slot().is_none() => Err("no slot yet".into()),
-            Some(_) => Ok(()),
+        match self.handle.health(self.needed_slots()).unusable {
+            None => Ok(()),
+            Some(why) => Err(why.to_string()),
         }
+    }
+    fn stale(&self) -> Option<String> {
+        self.handle
+            .health(self.needed_slots())
+            .stale
+            .map(|why| why.to_string())
     }
     fn current_slot(&self) -> Option<u64> {
         self.handle.current_slot()

@@ -12,7 +12,8 @@
 //! - [`upstream`], [`websocket`]: drop-in RPC, the allow-listed read methods
 //!   answered by the cluster RPC, and subscriptions proxied to its websocket.
 //! - [`leader_book`]: what each leader did with our sends, and who led the slots
-//!   ours landed in.
+//!   ours landed in; [`refusals`]: leaders that refuse our identity's connection
+//!   (`too_many`: its budget taken by another sender with the same identity).
 //! - [`service`], [`ledger`], [`dedup`], [`leaders`]: the send path; the ledger
 //!   owns every accepted transaction until its one terminal state.
 //! - [`metrics`]: everything exported.
@@ -25,6 +26,7 @@ pub mod leader_book;
 pub mod leaders;
 pub mod ledger;
 pub mod metrics;
+pub mod refusals;
 pub mod rpc;
 pub mod service;
 pub mod upstream;
@@ -62,6 +64,8 @@ pub struct Gateway {
     forwarder: JoinHandle<()>,
     _tracker: Option<LeaderTracker>,
     deadline: Duration,
+    unready: Duration,
+    fatal: watch::Receiver<Option<String>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -141,7 +145,6 @@ impl Gateway {
                             connect: config.fanout.connect,
                             ..Fanout::default()
                         },
-                        stale_after: Duration::from_secs(config.cluster.stale_after_secs),
                     }),
                     Some(tracker),
                 )
@@ -168,9 +171,15 @@ impl Gateway {
             busy_poll_idle: Duration::from_millis(config.engine.busy_poll_idle_ms),
             ..EngineConfig::default()
         };
-        let (sink, outcomes) = service::outcome_channel();
-        let engine = EngineHandle::spawn(engine_config, &identity, io, sink)
-            .context("starting the QUIC engine")?;
+        let (outcome_tx, outcomes) = service::outcome_channel();
+        let identity = Arc::new(identity);
+        let engine = EngineHandle::spawn(
+            engine_config.clone(),
+            &identity,
+            io,
+            service::outcome_sink(outcome_tx.clone()),
+        )
+        .context("starting the QUIC engine")?;
         metrics
             .register_sources(
                 engine.stats().clone(),
@@ -178,6 +187,34 @@ impl Gateway {
                 tracker.as_ref().map(|_| tracker_stats.clone()),
             )
             .context("metrics")?;
+        metrics.engine_up.set(1);
+        // A restart reopens the packet path (AF_XDP falls back to kernel UDP as
+        // configured) and counts into the same engine counters.
+        let start_engine: service::StartEngine = {
+            let stats = engine.stats().clone();
+            let metrics = metrics.clone();
+            let identity = identity.clone();
+            Box::new(move || {
+                let io = AnyIo::open(&path).context("reopening the packet path")?;
+                metrics.xdp_source.store(io.xdp_stats());
+                EngineHandle::spawn_with_stats(
+                    engine_config.clone(),
+                    &identity,
+                    io,
+                    service::outcome_sink(outcome_tx.clone()),
+                    stats.clone(),
+                )
+                .context("starting the QUIC engine")
+            })
+        };
+        let (fatal_tx, fatal) = watch::channel(None);
+        let supervisor = service::Supervisor::new(
+            start_engine,
+            config.engine.on_failure,
+            config.engine.max_restarts,
+            Duration::from_secs(config.engine.restart_window_secs),
+            fatal_tx,
+        );
         let service_config = ServiceConfig {
             queue: config.limits.queue,
             max_tracked: config.limits.max_tracked,
@@ -193,6 +230,7 @@ impl Gateway {
             status_interval: Duration::from_millis(config.retry.status_interval_ms),
             latency_samples: samples,
             instance: instance_name(),
+            identity: Some(identity.pubkey()),
         };
         let (service, intake) = Service::new(
             service_config,
@@ -206,7 +244,8 @@ impl Gateway {
                 config.rpc.forward_concurrency,
             ),
         );
-        let forwarder = Forwarder::new(intake, outcomes, engine, &service, rpc_client);
+        let forwarder = Forwarder::new(intake, outcomes, engine, &service, rpc_client)
+            .with_supervisor(supervisor);
         let (stop, stop_rx) = watch::channel(false);
         let deadline = config.shutdown_deadline();
         let forwarder = tokio::spawn(forwarder.run(stop_rx.clone(), deadline));
@@ -259,12 +298,37 @@ impl Gateway {
             forwarder,
             _tracker: tracker,
             deadline,
+            unready: Duration::from_millis(config.shutdown_unready_ms),
+            fatal,
         })
     }
 
+    /// Resolves when the gateway cannot go on (`engine.on_failure = "exit"`, or
+    /// restarts exhausted), with why: the binary then shuts down and exits non-zero.
+    pub async fn failed(&mut self) -> String {
+        loop {
+            if let Some(why) = self.fatal.borrow_and_update().clone() {
+                return why;
+            }
+            if self.fatal.changed().await.is_err() {
+                // The forwarder is gone without a word: nothing will ever come.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Stops accepting, sends what is queued within the shutdown deadline, stops
-    /// the engine (detaching XDP) and the listeners.
+    /// the engine (detaching XDP) and the listeners. `/ready` answers 503 first,
+    /// for `shutdown_unready_ms`, while sends are still accepted.
     pub async fn shutdown(self) {
+        if !self.unready.is_zero() {
+            self.service.mark_unready();
+            tracing::info!(
+                for_ms = self.unready.as_millis(),
+                "not ready; draining after"
+            );
+            tokio::time::sleep(self.unready).await;
+        }
         self.service.stop_accepting();
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(self.deadline + Duration::from_secs(2), self.forwarder).await;

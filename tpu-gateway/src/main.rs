@@ -58,12 +58,22 @@ fn main() -> Result<()> {
         .build()
         .context("tokio runtime")?;
     runtime.block_on(async move {
-        let gateway = Gateway::start(config).await?;
-        wait_for_signal().await?;
+        let mut gateway = Gateway::start(config).await?;
+        let failed = tokio::select! {
+            signal = wait_for_signal() => {
+                signal?;
+                None
+            }
+            why = gateway.failed() => Some(why),
+        };
         tracing::info!("shutting down");
         gateway.shutdown().await;
         tracing::info!("stopped");
-        Ok(())
+        match failed {
+            // Non-zero, for systemd or Kubernetes to restart the process.
+            Some(why) => Err(anyhow::anyhow!("the QUIC engine failed: {why}")),
+            None => Ok(()),
+        }
     })
 }
 

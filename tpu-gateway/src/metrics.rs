@@ -185,6 +185,9 @@ pub fn retire_states() -> impl Iterator<Item = &'static str> {
 pub struct Metrics {
     /// The registry `/metrics` renders.
     pub registry: Registry,
+    /// The AF_XDP socket's counters, when there is one (replaced when a restarted
+    /// engine reopens the packet path).
+    pub xdp_source: Arc<arc_swap::ArcSwapOption<XdpStats>>,
     /// JSON-RPC calls by method and result code ("ok" or the error code).
     pub rpc_requests: IntCounterVec,
     /// Calls answered by the cluster RPC, by method (from the allow-list) and result.
@@ -227,6 +230,19 @@ pub struct Metrics {
     pub current_slot: IntGauge,
     /// Seconds since the leader schedule was fetched (set at scrape time).
     pub schedule_age: prometheus::Gauge,
+    /// 1 while the schedule is stale: refreshes failing or slots silent (set at
+    /// scrape time).
+    pub schedule_stale: IntGauge,
+    /// 1 while the engine thread runs.
+    pub engine_up: IntGauge,
+    /// `too_many` closes (code 4) by leader: the identity's connections at that
+    /// leader are taken by another sender with the same identity.
+    pub leader_refusals: IntCounterVec,
+    /// Leaders refusing our identity's connection now (`too_many`).
+    pub leaders_refusing: IntGauge,
+    /// Engine threads that ended on their own (an I/O error, a panic), by what the
+    /// gateway did about it.
+    pub engine_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -326,7 +342,30 @@ impl Metrics {
                 "afterburner_leader_schedule_age_seconds",
                 "Seconds since the leader schedule was last fetched (+Inf before the first; 0 with static leaders)",
             )?,
+            schedule_stale: IntGauge::new(
+                "afterburner_leader_schedule_stale",
+                "1 while the leader schedule is stale: its last refreshes failed or no slot was observed for cluster.stale_after_secs (a reason shown, not a refusal)",
+            )?,
+            engine_up: IntGauge::new(
+                "afterburner_engine_up",
+                "1 while the QUIC engine thread runs",
+            )?,
+            leader_refusals: counter_vec(
+                "afterburner_leader_refusals_total",
+                "Connections a leader closed with code 4 (too_many): its connections for our identity are taken by another sender presenting it",
+                &["leader"],
+            )?,
+            leaders_refusing: IntGauge::new(
+                "afterburner_leaders_refusing",
+                "Leaders refusing our identity's connection now (too_many within the last 15 s, nothing written to them since)",
+            )?,
+            engine_failures: counter_vec(
+                "afterburner_engine_failures_total",
+                "QUIC engine threads that ended on their own (I/O error, panic), by action: restarted, restart_failed, exit",
+                &["action"],
+            )?,
             registry,
+            xdp_source: Arc::default(),
         };
         let build = IntGaugeVec::new(
             Opts::new("afterburner_build_info", "Build information"),
@@ -362,6 +401,11 @@ impl Metrics {
             Box::new(m.ready.clone()),
             Box::new(m.current_slot.clone()),
             Box::new(m.schedule_age.clone()),
+            Box::new(m.schedule_stale.clone()),
+            Box::new(m.engine_up.clone()),
+            Box::new(m.leader_refusals.clone()),
+            Box::new(m.leaders_refusing.clone()),
+            Box::new(m.engine_failures.clone()),
             Box::new(build),
         ] {
             m.registry.register(c)?;
@@ -373,6 +417,13 @@ impl Metrics {
         for r in FIRST_DROP_LABELS {
             m.sends.with_label_values(&[r]);
         }
+        for a in ["restarted", "restart_failed", "exit"] {
+            m.engine_failures.with_label_values(&[a]);
+        }
+        // Leaders get their own label as they are seen; the overflow one exists
+        // from the start, so the family is exported (and rates work) before the
+        // first refusal.
+        m.leader_refusals.with_label_values(&["other"]);
         m.sends.with_label_values(&["sent"]);
         for s in retire_states() {
             m.retired.with_label_values(&[s]);
@@ -390,9 +441,10 @@ impl Metrics {
         xdp: Option<Arc<XdpStats>>,
         tracker: Option<Arc<TrackerStats>>,
     ) -> prometheus::Result<()> {
+        self.xdp_source.store(xdp);
         self.registry.register(Box::new(SourcesCollector {
             engine,
-            xdp,
+            xdp: self.xdp_source.clone(),
             tracker,
             desc: Desc::new(
                 "afterburner_engine_submitted_total".into(),
@@ -407,7 +459,7 @@ impl Metrics {
 /// Exports counters kept as atomics elsewhere, read at scrape time.
 struct SourcesCollector {
     engine: Arc<EngineStats>,
-    xdp: Option<Arc<XdpStats>>,
+    xdp: Arc<arc_swap::ArcSwapOption<XdpStats>>,
     tracker: Option<Arc<TrackerStats>>,
     desc: Desc,
 }
@@ -451,7 +503,7 @@ impl SourcesCollector {
     /// Every declared family of the sources this gateway has, with current values.
     fn families(&self) -> Vec<afterburner_stats::Family> {
         let mut out = self.engine.snapshot().families();
-        if let Some(x) = &self.xdp {
+        if let Some(x) = self.xdp.load().as_deref() {
             out.extend(x.snapshot().families());
         }
         if let Some(t) = &self.tracker {

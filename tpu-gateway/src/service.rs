@@ -6,7 +6,7 @@
 //! flight).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -18,6 +18,7 @@ use std::{
 use afterburner_quic::{
     Availability, DropReason, EngineHandle, EngineSubmitter, Outcome, OutcomeKind, Submission,
 };
+use arc_swap::ArcSwap;
 use prometheus::IntCounter;
 use serde_json::{Value, json};
 use solana_commitment_config::CommitmentConfig;
@@ -25,14 +26,16 @@ use solana_sdk::{hash::Hash, pubkey::Pubkey, signature::Signature};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
 use crate::{
+    config::OnEngineFailure,
     dedup::Dedup,
     leader_book::LeaderBook,
     leaders::LeaderSource,
     ledger::{
-        ATTEMPTS, Action, FirstSendDone, Ledger, LedgerConfig, NewTx, Record, State as LedgerState,
-        Terminal, TxId,
+        ATTEMPTS, Action, FirstSendDone, Ledger, LedgerConfig, Lifetime, NewTx, Record,
+        State as LedgerState, Terminal, TxId,
     },
     metrics::Metrics,
+    refusals::{Change, Refusals},
     rpc::{self, RejectReason, SendError, SendRequest},
     upstream::{ClusterRpc, Upstream},
     validate,
@@ -72,6 +75,8 @@ pub struct ServiceConfig {
     /// This instance's name: every answer carries it (`x-afterburner-instance`), since
     /// a transaction's lifecycle lives in the instance that accepted it.
     pub instance: String,
+    /// The identity presented to leaders (named when they refuse it).
+    pub identity: Option<Pubkey>,
 }
 
 impl Default for ServiceConfig {
@@ -91,6 +96,7 @@ impl Default for ServiceConfig {
             status_interval: Duration::from_secs(1),
             latency_samples: 0,
             instance: "afterburner".into(),
+            identity: None,
         }
     }
 }
@@ -105,6 +111,100 @@ pub enum Preflight {
     Refuse,
 }
 
+/// The engine as the front half sees it. The forwarder owns the engine; when it
+/// replaces one that ended on its own, it swaps the submitter here, and while none
+/// runs `down` says why.
+#[derive(Debug)]
+pub struct EngineView {
+    submitter: ArcSwap<EngineSubmitter>,
+    down: Mutex<Option<String>>,
+}
+
+impl EngineView {
+    fn new(submitter: EngineSubmitter) -> Self {
+        Self {
+            submitter: ArcSwap::from_pointee(submitter),
+            down: Mutex::new(None),
+        }
+    }
+
+    fn availability(&self) -> Availability {
+        if self.down().is_some() {
+            Availability::Stopped
+        } else {
+            self.submitter.load().availability()
+        }
+    }
+
+    /// Why no engine runs, while none does.
+    fn down(&self) -> Option<String> {
+        self.down.lock().ok().and_then(|d| d.clone())
+    }
+
+    fn set_down(&self, why: Option<String>) {
+        if let Ok(mut d) = self.down.lock() {
+            *d = why;
+        }
+    }
+}
+
+/// Starts a new engine over a freshly opened packet path, reporting to the same
+/// outcome channel (for restarts).
+pub type StartEngine = Box<dyn FnMut() -> anyhow::Result<EngineHandle> + Send>;
+
+/// What the forwarder does when the engine thread ends on its own.
+pub struct Supervisor {
+    start: StartEngine,
+    policy: OnEngineFailure,
+    max_restarts: u32,
+    window: Duration,
+    fatal: watch::Sender<Option<String>>,
+    restarts: std::collections::VecDeque<Instant>,
+    /// When to try starting an engine next (`None`: one runs, or we are exiting).
+    retry_at: Option<Instant>,
+    /// Why the engine stopped, while it is down.
+    why: Option<String>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("policy", &self.policy)
+            .field("restarts", &self.restarts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Supervisor {
+    /// `policy` with its bounds; `start` makes a new engine; `fatal` is told why
+    /// when the process must exit (the binary waits on it).
+    pub fn new(
+        start: StartEngine,
+        policy: OnEngineFailure,
+        max_restarts: u32,
+        window: Duration,
+        fatal: watch::Sender<Option<String>>,
+    ) -> Self {
+        Self {
+            start,
+            policy,
+            max_restarts,
+            window,
+            fatal,
+            restarts: std::collections::VecDeque::new(),
+            retry_at: None,
+            why: None,
+        }
+    }
+}
+
+/// Why a transaction is refused when every current leader refuses our identity.
+pub const REFUSED_TOO_MANY: &str = "every current leader refuses this identity's connection (too_many: \
+     its connections per identity are taken by another sender presenting the same identity)";
+
+/// Between failed attempts to start a new engine.
+const RESTART_RETRY: Duration = Duration::from_secs(1);
+
 /// One admitted transaction, on its way to the ledger. The handler has answered
 /// the client already; from here the forwarder owns it.
 #[derive(Debug)]
@@ -113,8 +213,8 @@ pub struct Admitted {
     wire: Arc<[u8]>,
     max_retries: Option<usize>,
     received_at: Instant,
-    /// Its recent blockhash (`None`: a durable nonce).
-    blockhash: Option<Hash>,
+    /// What keeps it valid (its blockhash, or its durable nonce).
+    lifetime: Lifetime,
     /// A place in the ledger, held until the transaction ends.
     room: OwnedSemaphorePermit,
 }
@@ -144,7 +244,10 @@ pub struct Service {
     queue: mpsc::Sender<Admitted>,
     queries: mpsc::Sender<Query>,
     events: broadcast::Sender<Arc<Event>>,
-    engine: EngineSubmitter,
+    engine: Arc<EngineView>,
+    /// Leaders refusing our identity's connection (`too_many`), kept by the
+    /// forwarder.
+    refusing: Arc<ArcSwap<HashSet<SocketAddr>>>,
     /// Places in the ledger: one per live transaction, returned when it ends.
     room: Arc<Semaphore>,
     dedup: Mutex<Dedup>,
@@ -153,6 +256,8 @@ pub struct Service {
     metrics: Metrics,
     preflight: Preflight,
     accepting: AtomicBool,
+    /// Shutdown has begun: `/ready` says so while sends are still accepted.
+    unready: AtomicBool,
     samples: Arc<Mutex<Samples>>,
 }
 
@@ -184,7 +289,8 @@ impl Service {
                 queue,
                 queries,
                 events,
-                engine,
+                engine: Arc::new(EngineView::new(engine)),
+                refusing: Arc::default(),
                 room: Arc::new(Semaphore::new(config.max_tracked.max(1))),
                 dedup,
                 config,
@@ -192,6 +298,7 @@ impl Service {
                 metrics,
                 preflight,
                 accepting: AtomicBool::new(true),
+                unready: AtomicBool::new(false),
                 samples: Arc::new(Mutex::new(Samples::default())),
             }),
             Intake {
@@ -271,6 +378,12 @@ impl Service {
             .collect()
     }
 
+    /// Shutdown begins: `/ready` answers 503 while sends are still accepted (load
+    /// balancers stop routing here before the drain).
+    pub fn mark_unready(&self) {
+        self.unready.store(true, Ordering::SeqCst);
+    }
+
     /// Stops accepting (shutdown): new sends get -32005.
     pub fn stop_accepting(&self) {
         self.accepting.store(false, Ordering::SeqCst);
@@ -280,17 +393,45 @@ impl Service {
     /// leader source ready, and a leader to send to (what admission checks too, so
     /// a ready gateway admits); else why not.
     pub fn ready(&self) -> Result<(), String> {
-        if !self.accepting.load(Ordering::SeqCst) {
+        if !self.accepting.load(Ordering::SeqCst) || self.unready.load(Ordering::SeqCst) {
             return Err("shutting down".into());
+        }
+        self.liveness()?;
+        self.leaders.ready()?;
+        let targets = self.leaders.targets();
+        if targets.send.is_empty() {
+            return Err("no leader known to send to".into());
+        }
+        if self.all_refuse(&targets.send) {
+            return Err(format!(
+                "{REFUSED_TOO_MANY} ({} current leaders)",
+                targets.send.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether every one of `send` refuses our identity's connection right now.
+    fn all_refuse(&self, send: &[SocketAddr]) -> bool {
+        let refusing = self.refusing.load();
+        !refusing.is_empty() && send.iter().all(|t| refusing.contains(t))
+    }
+
+    /// `Err` while the engine thread is not running (liveness: `/health`), with
+    /// why.
+    pub fn liveness(&self) -> Result<(), String> {
+        if let Some(why) = self.engine.down() {
+            return Err(format!("the QUIC engine has stopped: {why}"));
         }
         if self.engine.availability() == Availability::Stopped {
             return Err("the QUIC engine has stopped".into());
         }
-        self.leaders.ready()?;
-        if self.leaders.targets().send.is_empty() {
-            return Err("no leader known to send to".into());
-        }
         Ok(())
+    }
+
+    /// Why the leader schedule is stale, if it is (shown, not a refusal).
+    pub fn stale(&self) -> Option<String> {
+        self.leaders.stale()
     }
 
     /// Why a transaction cannot be admitted right now, if it cannot: the checks
@@ -306,8 +447,12 @@ impl Service {
                 return Err(SendError::NotReady("the QUIC engine has stopped"));
             }
         }
-        if self.leaders.targets().send.is_empty() {
+        let targets = self.leaders.targets();
+        if targets.send.is_empty() {
             return Err(SendError::NotReady("no leader known to send to"));
+        }
+        if self.all_refuse(&targets.send) {
+            return Err(SendError::NotReady(REFUSED_TOO_MANY));
         }
         Ok(())
     }
@@ -317,6 +462,7 @@ impl Service {
     pub fn update_gauges(&self) {
         let m = &self.metrics;
         m.ready.set(i64::from(self.ready().is_ok()));
+        m.schedule_stale.set(i64::from(self.stale().is_some()));
         if let Some(slot) = self.leaders.current_slot() {
             m.current_slot.set(i64::try_from(slot).unwrap_or(i64::MAX));
         }
@@ -409,8 +555,17 @@ impl rpc::Sender for Service {
                 .max_retries
                 .or(self.config.default_max_retries),
             received_at: request.received_at,
-            blockhash: (!validate::uses_durable_nonce(&request.tx.transaction))
-                .then(|| *request.tx.transaction.message.recent_blockhash()),
+            lifetime: {
+                let tx = &request.tx.transaction;
+                let hash = *tx.message.recent_blockhash();
+                match validate::durable_nonce_account(tx) {
+                    None => Lifetime::Blockhash(hash),
+                    Some(account) => Lifetime::Nonce {
+                        account,
+                        nonce: hash,
+                    },
+                }
+            },
             room,
         });
         Ok(sig_text)
@@ -530,6 +685,10 @@ pub struct Forwarder {
     events: broadcast::Sender<Arc<Event>>,
     outcomes: OutcomeReceiver,
     engine: Option<EngineHandle>,
+    view: Arc<EngineView>,
+    refusals: Refusals,
+    refusing: Arc<ArcSwap<HashSet<SocketAddr>>>,
+    supervisor: Option<Supervisor>,
     samples: Arc<Mutex<Samples>>,
     leaders: Arc<dyn LeaderSource>,
     metrics: Metrics,
@@ -560,18 +719,20 @@ pub type OutcomeSender = mpsc::UnboundedSender<(Outcome, Instant)>;
 /// The forwarder's end of [`OutcomeSender`].
 pub type OutcomeReceiver = mpsc::UnboundedReceiver<(Outcome, Instant)>;
 
+/// The channel engine outcomes reach the forwarder through (one per gateway: a
+/// restarted engine reports into the same one, see [`outcome_sink`]).
+pub fn outcome_channel() -> (OutcomeSender, OutcomeReceiver) {
+    mpsc::unbounded_channel()
+}
+
 /// An outcome sink that hands engine outcomes to the forwarder, stamped with the
 /// time the engine reported them (the engine reports a send after the pass that
 /// handed its frames to the packet path).
-pub fn outcome_channel() -> (impl FnMut(Outcome) + Send + 'static, OutcomeReceiver) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (
-        move |o: Outcome| {
-            // The receiver lives as long as the forwarder, which outlives the engine.
-            let _ = tx.send((o, Instant::now()));
-        },
-        rx,
-    )
+pub fn outcome_sink(tx: OutcomeSender) -> impl FnMut(Outcome) + Send + 'static {
+    move |o: Outcome| {
+        // The receiver lives as long as the forwarder, which outlives the engine.
+        let _ = tx.send((o, Instant::now()));
+    }
 }
 
 impl Forwarder {
@@ -598,6 +759,10 @@ impl Forwarder {
             events: service.events.clone(),
             outcomes,
             engine: Some(engine),
+            view: service.engine.clone(),
+            refusals: Refusals::default(),
+            refusing: service.refusing.clone(),
+            supervisor: None,
             samples: service.samples.clone(),
             leaders: service.leaders.clone(),
             metrics: service.metrics.clone(),
@@ -610,6 +775,15 @@ impl Forwarder {
             actions: Vec::new(),
             warm: Vec::new(),
         }
+    }
+
+    /// Watches the engine with `supervisor`: an engine thread that ends on its own
+    /// is restarted or the process told to exit, as its policy says. Without one,
+    /// a dead engine stays dead (sends are refused and `/health` says why).
+    #[must_use]
+    pub fn with_supervisor(mut self, supervisor: Supervisor) -> Self {
+        self.supervisor = Some(supervisor);
+        self
     }
 
     /// Runs until `stop` turns true, then takes what is queued (each sent once),
@@ -656,20 +830,34 @@ impl Forwarder {
                     for (hash, valid) in statuses.blockhashes {
                         self.ledger.on_blockhash_status(&hash, valid, now, &mut self.actions);
                     }
+                    for (account, nonce) in statuses.nonces {
+                        self.ledger.on_nonce_status(&account, nonce, now, &mut self.actions);
+                    }
                     self.perform(now);
                 }
-                _ = tick.tick() => self.step(Instant::now()),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    self.supervise(now);
+                    self.publish_refusals(now);
+                    self.step(now);
+                }
                 _ = status_tick.tick() => {
                     if !status_busy && let Some(rpc) = self.status_rpc.clone() {
                         let sigs = self.ledger.in_flight_signatures();
                         let hashes = self.ledger.blockhashes();
+                        let accounts = self.ledger.nonce_accounts();
                         if !sigs.is_empty() || !hashes.is_empty() {
                             status_busy = true;
                             let tx = landed_tx.clone();
                             tokio::spawn(async move {
+                                // Nonces before landings: a transaction that
+                                // advanced its nonce is then seen landed, not
+                                // given up.
+                                let nonces = current_nonces(&rpc, accounts).await;
                                 let statuses = Statuses {
                                     landed: landed_among(&rpc, sigs).await,
                                     blockhashes: blockhash_validity(&rpc, hashes).await,
+                                    nonces,
                                 };
                                 let _ = tx.send(statuses).await;
                             });
@@ -679,6 +867,109 @@ impl Forwarder {
             }
         }
         self.finish(deadline).await;
+    }
+
+    /// Notices an engine thread that ended on its own and acts on it: accounts for
+    /// what it held, then restarts it or asks the process to exit.
+    fn supervise(&mut self, now: Instant) {
+        if let Some(engine) = self.engine.take_if(|e| !e.is_running()) {
+            let why = match engine.shutdown() {
+                Err(e) => e.to_string(),
+                Ok(()) => "the engine thread ended".into(),
+            };
+            tracing::error!(error = %why, "the QUIC engine thread ended");
+            self.metrics.engine_up.set(0);
+            self.view.set_down(Some(why.clone()));
+            // What it reported before it ended, then what it never will.
+            while let Ok((o, at)) = self.outcomes.try_recv() {
+                self.outcome(o, at);
+            }
+            self.ledger.engine_lost(now);
+            self.warm.clear();
+            self.perform(now);
+            match &mut self.supervisor {
+                Some(sup) if sup.policy == OnEngineFailure::Restart => {
+                    sup.retry_at = Some(now);
+                    sup.why = Some(why);
+                }
+                Some(sup) => {
+                    self.metrics
+                        .engine_failures
+                        .with_label_values(&["exit"])
+                        .inc();
+                    tracing::error!(
+                        "engine.on_failure = \"exit\": exiting for the service manager to restart"
+                    );
+                    let _ = sup.fatal.send(Some(why));
+                }
+                None => {}
+            }
+        }
+        let Some(sup) = &mut self.supervisor else {
+            return;
+        };
+        if self.engine.is_some() || sup.retry_at.is_none_or(|t| now < t) {
+            return;
+        }
+        let why = sup.why.clone().unwrap_or_default();
+        while sup
+            .restarts
+            .front()
+            .is_some_and(|&t| now.saturating_duration_since(t) >= sup.window)
+        {
+            sup.restarts.pop_front();
+        }
+        if sup.restarts.len() >= sup.max_restarts as usize {
+            sup.retry_at = None;
+            self.metrics
+                .engine_failures
+                .with_label_values(&["exit"])
+                .inc();
+            let why = format!(
+                "{why} ({} restarts within {:?}: giving up)",
+                sup.restarts.len(),
+                sup.window
+            );
+            tracing::error!(error = %why, "the QUIC engine keeps failing: exiting");
+            self.view.set_down(Some(why.clone()));
+            let _ = sup.fatal.send(Some(why));
+            return;
+        }
+        sup.restarts.push_back(now);
+        match (sup.start)() {
+            Ok(engine) => {
+                sup.retry_at = None;
+                sup.why = None;
+                self.metrics
+                    .engine_failures
+                    .with_label_values(&["restarted"])
+                    .inc();
+                self.metrics.engine_up.set(1);
+                tracing::warn!(after = %why, local = %engine.local_addr(), "the QUIC engine restarted");
+                self.view.submitter.store(Arc::new(engine.submitter()));
+                self.view.set_down(None);
+                self.engine = Some(engine);
+            }
+            Err(e) => {
+                sup.retry_at = Some(now + RESTART_RETRY);
+                self.metrics
+                    .engine_failures
+                    .with_label_values(&["restart_failed"])
+                    .inc();
+                tracing::error!(error = %format!("{e:#}"), "the QUIC engine could not be restarted; retrying");
+                self.view
+                    .set_down(Some(format!("{why}; restart failed: {e:#}")));
+            }
+        }
+    }
+
+    /// Publishes the leaders refusing us now, for admission and `/ready`.
+    fn publish_refusals(&mut self, now: Instant) {
+        let refusing = self.refusals.refusing(now);
+        self.metrics.leaders_refusing.set(refusing.len() as i64);
+        if **self.refusing.load() != refusing {
+            self.refusing.store(Arc::new(refusing));
+        }
     }
 
     fn answer(&self, q: Query) {
@@ -736,6 +1027,7 @@ impl Forwarder {
                     "identity": identity.map(|i| i.to_string()),
                     "tpu": addr.to_string(),
                     "sendingNow": targets.send.contains(&addr),
+                    "refusingUs": self.refusing.load().contains(&addr),
                     "connection": connection(addr),
                     "record": identity.map(|i| self.book.json(&i)),
                 })
@@ -761,7 +1053,7 @@ impl Forwarder {
                 wire: a.wire,
                 max_retries: a.max_retries,
                 received_at: a.received_at,
-                blockhash: a.blockhash,
+                lifetime: a.lifetime,
             },
             now,
         );
@@ -865,14 +1157,10 @@ impl Forwarder {
             return;
         };
         let leader = r.landed_slot.and_then(|slot| self.leaders.leader_at(slot));
-        let sent_to = leader.is_some_and(|leader| {
-            r.sends
-                .iter()
-                .filter_map(|s| s.target)
-                .any(|t| self.book.identity_of(t) == Some(leader))
-        });
+        let sent_to = leader.is_some_and(|leader| r.sends.iter().any(|s| s.leader == Some(leader)));
         if let Some(leader) = leader {
             self.book.on_landed(leader, sent_to, age);
+            self.ledger.set_landed_leader(id, leader);
         }
         let label = self.book.label(leader);
         self.metrics
@@ -890,7 +1178,9 @@ impl Forwarder {
         targets: &[SocketAddr],
         now: Instant,
     ) {
-        self.ledger.on_submitted(id, attempt, targets, now);
+        let book = &self.book;
+        self.ledger
+            .on_submitted_to(id, attempt, targets, |t| book.identity_of(t), now);
         if attempt > 0 {
             self.metrics.retries.inc();
         }
@@ -899,14 +1189,14 @@ impl Forwarder {
             return;
         }
         let Some(engine) = &self.engine else {
+            // Shutting down, or the engine failed and none runs yet.
+            let reason = if self.view.down().is_some() {
+                DropReason::EngineFailed
+            } else {
+                DropReason::Shutdown
+            };
             for &target in targets {
-                self.send_outcome(
-                    id,
-                    attempt,
-                    target,
-                    OutcomeKind::Dropped(DropReason::Shutdown),
-                    now,
-                );
+                self.send_outcome(id, attempt, target, OutcomeKind::Dropped(reason), now);
             }
             return;
         };
@@ -983,6 +1273,32 @@ impl Forwarder {
         self.metrics.sends.with_label_values(&[label]).inc();
         self.book.on_send(target, kind);
         let leader = self.book.identity_of(target);
+        match self.refusals.on_outcome(target, kind, at) {
+            Change::None => {}
+            change @ (Change::Started | Change::Again) => {
+                let label = self.book.label(leader);
+                self.metrics
+                    .leader_refusals
+                    .with_label_values(&[label.as_str()])
+                    .inc();
+                if change == Change::Started {
+                    // Once per episode, not per attempt.
+                    tracing::warn!(
+                        leader = ?leader,
+                        tpu = %target,
+                        identity = ?self.config.identity,
+                        "leader refuses our connection with close code 4 (too_many): its \
+                         connections per identity are taken by another sender presenting this \
+                         identity (the validator's own RPC send path or forwarding, or another \
+                         gateway of the fleet); give this gateway its own staked identity or \
+                         size the fleet (deploy/README.md)"
+                    );
+                }
+            }
+            Change::Ended => {
+                tracing::info!(leader = ?leader, tpu = %target, "leader takes our connection again");
+            }
+        }
         let counters = match self.leader_sends.get(&leader) {
             Some(c) => c,
             None => {
@@ -1038,6 +1354,7 @@ impl Forwarder {
         if let Some(engine) = self.engine.take() {
             let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
         }
+        self.metrics.engine_up.set(0);
         while let Ok((o, at)) = self.outcomes.try_recv() {
             self.outcome(o, at);
         }
@@ -1096,6 +1413,7 @@ pub fn lifecycle_json(r: &Record, now: Instant, instance: &str) -> Value {
             json!({
                 "attempt": s.attempt,
                 "target": s.target.map(|t| t.to_string()),
+                "leader": s.leader.map(|l| l.to_string()),
                 "atMs": ms(s.at),
                 "outcome": outcome(s.outcome),
             })
@@ -1108,7 +1426,12 @@ pub fn lifecycle_json(r: &Record, now: Instant, instance: &str) -> Value {
     };
     let landed = match (r.state, r.landed_slot) {
         (LedgerState::Ended(Terminal::Landed, at), slot) => {
-            json!({"slot": slot, "afterMs": ms(at)})
+            json!({
+                "slot": slot,
+                "leader": r.landed_leader.map(|l| l.to_string()),
+                "sentToLeader": r.landed_leader.is_some_and(|l| r.sends.iter().any(|s| s.leader == Some(l))),
+                "afterMs": ms(at),
+            })
         }
         _ => Value::Null,
     };
@@ -1132,6 +1455,37 @@ struct Statuses {
     landed: Vec<(Signature, u64)>,
     /// Blockhashes and whether the cluster still calls them valid.
     blockhashes: Vec<(Hash, bool)>,
+    /// Nonce accounts and the nonce each holds (`None`: none, or not a nonce
+    /// account).
+    nonces: Vec<(Pubkey, Option<Hash>)>,
+}
+
+/// The nonce each of `accounts` holds at `confirmed` (`getMultipleAccounts`, 100 at
+/// a time); accounts the RPC could not answer for are left out.
+async fn current_nonces(rpc: &ClusterRpc, accounts: Vec<Pubkey>) -> Vec<(Pubkey, Option<Hash>)> {
+    let mut out = Vec::with_capacity(accounts.len());
+    for chunk in accounts.chunks(100) {
+        match rpc
+            .call(|c| c.get_multiple_accounts_with_commitment(chunk, CommitmentConfig::confirmed()))
+            .await
+        {
+            Ok(r) => {
+                for (account, data) in chunk.iter().zip(r.value) {
+                    let nonce = data.and_then(|a| {
+                        solana_rpc_client_nonce_utils::nonblocking::data_from_account(&a)
+                            .ok()
+                            .map(|d| d.blockhash())
+                    });
+                    out.push((*account, nonce));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "getMultipleAccounts failed");
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// Whether each of `hashes` is still valid (`isBlockhashValid` at `processed`, as

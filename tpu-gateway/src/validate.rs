@@ -9,7 +9,7 @@ use std::{any::type_name, sync::Arc};
 
 use base64::{Engine as _, prelude::BASE64_STANDARD};
 use bincode::Options as _;
-use solana_sdk::{signature::Signature, transaction::VersionedTransaction};
+use solana_sdk::{pubkey::Pubkey, signature::Signature, transaction::VersionedTransaction};
 
 /// The largest transaction: the protocol's packet payload (1280 - 40 - 8).
 pub const PACKET_DATA_SIZE: usize = solana_packet::PACKET_DATA_SIZE;
@@ -118,21 +118,29 @@ pub struct Validated {
     pub transaction: VersionedTransaction,
 }
 
-/// Whether `tx` uses a durable nonce: its first instruction is the system program's
-/// `AdvanceNonceAccount` (as agave's send-transaction-service decides). Its
+/// The durable nonce `tx` uses, if any: its first instruction is the system
+/// program's `AdvanceNonceAccount` (as agave's send-transaction-service decides). Its
 /// "blockhash" is then the nonce, valid until the nonce advances, not for 150 slots.
-pub fn uses_durable_nonce(tx: &VersionedTransaction) -> bool {
+/// `Some(None)`: a durable nonce whose account comes from an address lookup table
+/// (not known without loading the table).
+pub fn durable_nonce_account(tx: &VersionedTransaction) -> Option<Option<Pubkey>> {
     /// `SystemInstruction::AdvanceNonceAccount`, bincode (u32 LE).
     const ADVANCE_NONCE_ACCOUNT: [u8; 4] = [4, 0, 0, 0];
     let message = &tx.message;
-    message.instructions().first().is_some_and(|ix| {
-        message
-            .static_account_keys()
-            .get(usize::from(ix.program_id_index))
-            // The system program's id is all zeros ("111…1").
-            .is_some_and(|program| *program == solana_sdk::pubkey::Pubkey::default())
-            && ix.data.starts_with(&ADVANCE_NONCE_ACCOUNT)
-    })
+    let keys = message.static_account_keys();
+    let ix = message.instructions().first()?;
+    let program = keys.get(usize::from(ix.program_id_index))?;
+    // The system program's id is all zeros ("111…1").
+    if *program != Pubkey::default() || !ix.data.starts_with(&ADVANCE_NONCE_ACCOUNT) {
+        return None;
+    }
+    // Its first account is the nonce account.
+    Some(
+        ix.accounts
+            .first()
+            .and_then(|&i| keys.get(usize::from(i)))
+            .copied(),
+    )
 }
 
 /// Decodes `encoded` as agave's `decode_and_deserialize` does, size limit first.
@@ -267,13 +275,17 @@ mod tests {
                 Hash::new_unique(),
             ))
         };
-        assert!(uses_durable_nonce(&tx(&[
-            advance.clone(),
-            transfer.clone()
-        ])));
-        assert!(!uses_durable_nonce(&tx(std::slice::from_ref(&transfer))));
+        assert_eq!(
+            durable_nonce_account(&tx(&[advance.clone(), transfer.clone()])),
+            Some(Some(nonce)),
+            "the nonce account is the instruction's first account"
+        );
+        assert_eq!(
+            durable_nonce_account(&tx(std::slice::from_ref(&transfer))),
+            None
+        );
         assert!(
-            !uses_durable_nonce(&tx(&[transfer, advance])),
+            durable_nonce_account(&tx(&[transfer, advance])).is_none(),
             "only as the first instruction"
         );
     }

@@ -46,19 +46,29 @@ async fn setup(extra: &str) -> Setup {
 
 /// As [`setup`], with `AFTERBURNER_*` overrides.
 async fn setup_env(extra: &str, env: &[(&str, &str)]) -> Setup {
+    let identity = Keypair::new();
+    let server = AgaveServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &[(identity.pubkey(), 1_000_000)],
+    );
+    setup_with(server, &identity, extra, env).await
+}
+
+/// A gateway presenting `identity` with `server` as its static leader.
+async fn setup_with(
+    server: AgaveServer,
+    identity: &Keypair,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Setup {
     let dir = std::env::temp_dir().join(format!(
         "tpu-gateway-test-{}-{}",
         std::process::id(),
         rand_suffix()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let identity = Keypair::new();
     let id_path = dir.join("identity.json");
-    solana_sdk::signer::keypair::write_keypair_file(&identity, &id_path).unwrap();
-    let server = AgaveServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &[(identity.pubkey(), 1_000_000)],
-    );
+    solana_sdk::signer::keypair::write_keypair_file(identity, &id_path).unwrap();
     let text = format!(
         r#"
 identity = "{}"
@@ -680,4 +690,292 @@ async fn lifecycle_of_an_accepted_transaction() {
     assert_eq!(r.status(), 400);
     assert_accounted(&s.gateway).await;
     s.gateway.shutdown().await;
+}
+
+/// A free UDP port on loopback (bound, then released).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Breaks the engine's kernel UDP socket under it, as a vanished device would:
+/// the descriptor bound to `127.0.0.1:port` is replaced by `/dev/null`
+/// (`dup2`), so the engine's next `recvmmsg` fails with ENOTSOCK, a real error
+/// from the kernel on the real I/O path, and its thread ends.
+fn break_engine_socket(port: u16) {
+    // The socket's inode, from /proc/net/udp (local address 0100007F:PORT).
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    let inode = table
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&local.as_str())).then(|| f[9].to_string())
+        })
+        .unwrap_or_else(|| panic!("no UDP socket on 127.0.0.1:{port}"));
+    let link = format!("socket:[{inode}]");
+    let fd: i32 = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == link))
+        .and_then(|e| e.file_name().to_str()?.parse().ok())
+        .expect("the engine's socket descriptor");
+    let null = std::fs::File::open("/dev/null").unwrap();
+    // SAFETY: dup2 on two open descriptors; the engine's descriptor number stays
+    // valid (now /dev/null), so nothing else can reuse it under the engine.
+    #[allow(unsafe_code, reason = "fault injection: dup2 has no safe wrapper here")]
+    let rc = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
+    assert_eq!(rc, fd, "dup2: {}", std::io::Error::last_os_error());
+}
+
+async fn get_text(url: String) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// An engine failure with `engine.on_failure = "exit"`: the gateway says why on
+/// `/health` and `/ready` (503), refuses new sends with -32005, accounts for what
+/// the engine held, and asks the process to exit (`Gateway::failed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_failure_with_exit_policy_is_honest_and_asks_to_exit() {
+    let port = free_udp_port();
+    let bind = format!("\"127.0.0.1:{port}\"");
+    let mut s = setup_env(
+        "[engine]\non_failure = \"exit\"\n",
+        &[("AFTERBURNER_PACKET_PATH__BIND", bind.as_str())],
+    )
+    .await;
+    let base = format!("http://{}", s.gateway.rpc_addr);
+    let send = |tx: &Transaction| {
+        let data = bs58::encode(bincode::serialize(tx).unwrap()).into_string();
+        json!({"jsonrpc": "2.0", "id": 1, "method": "sendTransaction",
+               "params": [data, {"skipPreflight": true}]})
+        .to_string()
+    };
+    let (_, v) = post(
+        &format!("{base}/"),
+        send(&transfer(&Keypair::new(), 1)),
+        "application/json",
+    )
+    .await;
+    assert!(v["result"].is_string(), "{v}");
+    assert_eq!(s.server.wait_for(1, Duration::from_secs(10)), 1);
+    assert_eq!(get_text(format!("{base}/health")).await, (200, "ok".into()));
+    assert_eq!(metric(&s.gateway, "afterburner_engine_up").await, 1.0);
+
+    break_engine_socket(port);
+    let why = tokio::time::timeout(Duration::from_secs(10), s.gateway.failed())
+        .await
+        .expect("the gateway gives up within 10 s");
+    assert!(why.contains("non-socket"), "{why}");
+    let (code, body) = get_text(format!("{base}/health")).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("the QUIC engine has stopped") && body.contains("non-socket"),
+        "{body}"
+    );
+    let (code, body) = get_text(format!("{base}/ready")).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("the QUIC engine has stopped"), "{body}");
+    let accepted = metric(&s.gateway, "afterburner_transactions_accepted_total").await;
+    let (_, v) = post(
+        &format!("{base}/"),
+        send(&transfer(&Keypair::new(), 2)),
+        "application/json",
+    )
+    .await;
+    assert_eq!(v["error"]["code"], -32005, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the QUIC engine has stopped"),
+        "{v}"
+    );
+    assert_eq!(
+        metric(&s.gateway, "afterburner_transactions_accepted_total").await,
+        accepted,
+        "a refusal counts nothing as accepted"
+    );
+    assert_eq!(metric(&s.gateway, "afterburner_engine_up").await, 0.0);
+    assert_eq!(
+        metric(
+            &s.gateway,
+            "afterburner_engine_failures_total{action=\"exit\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_accounted(&s.gateway).await;
+    s.gateway.shutdown().await;
+}
+
+/// An engine failure with the default `engine.on_failure = "restart"`: a new engine
+/// (a new socket on the same port) takes over within moments; the transaction it
+/// was tracking goes out again at once on the new connection (not a retry interval
+/// later), new sends are accepted and delivered, and health is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_failure_is_restarted_and_tracked_transactions_go_out_again() {
+    let port = free_udp_port();
+    let bind = format!("\"127.0.0.1:{port}\"");
+    // A minute between rebroadcasts: a second delivery within seconds can only be
+    // the restart's.
+    let s = setup_env(
+        "[retry]\ninterval_ms = 60000\n",
+        &[("AFTERBURNER_PACKET_PATH__BIND", bind.as_str())],
+    )
+    .await;
+    let base = format!("http://{}", s.gateway.rpc_addr);
+    let tracked = transfer(&Keypair::new(), 1);
+    let wire = bincode::serialize(&tracked).unwrap();
+    let data = bs58::encode(&wire).into_string();
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "sendTransaction",
+                      "params": [data, {"skipPreflight": true}]});
+    let (_, v) = post(&format!("{base}/"), body.to_string(), "application/json").await;
+    assert!(v["result"].is_string(), "{v}");
+    assert_eq!(s.server.wait_for(1, Duration::from_secs(10)), 1);
+
+    break_engine_socket(port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(
+        &s.gateway,
+        "afterburner_engine_failures_total{action=\"restarted\"}",
+    )
+    .await
+        < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not restarted within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&s.gateway, "afterburner_engine_up").await, 1.0);
+    assert_eq!(get_text(format!("{base}/health")).await, (200, "ok".into()));
+    // The tracked transaction again, through the new engine.
+    assert_eq!(
+        s.server.wait_for(2, Duration::from_secs(10)),
+        2,
+        "rebroadcast on the new connection"
+    );
+    let delivered = s.server.delivered();
+    assert!(delivered.iter().all(|d| d.data == wire), "byte-identical");
+    // New sends work.
+    let fresh = transfer(&Keypair::new(), 2);
+    let data = bs58::encode(bincode::serialize(&fresh).unwrap()).into_string();
+    let body = json!({"jsonrpc": "2.0", "id": 2, "method": "sendTransaction",
+                      "params": [data, {"skipPreflight": true}]});
+    let (_, v) = post(&format!("{base}/"), body.to_string(), "application/json").await;
+    assert!(v["result"].is_string(), "{v}");
+    assert_eq!(s.server.wait_for(3, Duration::from_secs(10)), 3);
+    assert_accounted(&s.gateway).await;
+    s.gateway.shutdown().await;
+}
+
+/// Another sender presenting the gateway's identity holds the leader's connections
+/// for it (agave's `max_connections_per_peer`): with a limit of 1 the leader closes
+/// the gateway's connection with code 4 (`too_many`). The gateway counts it per
+/// leader, shows the leader as refusing, says so on `/ready`, and refuses its
+/// clients with -32005 instead of accepting what cannot leave. With a limit of 2,
+/// both senders deliver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_identity_over_the_leaders_limit_is_reported_and_refused() {
+    for per_peer in [1usize, 2] {
+        let identity = Keypair::new();
+        let server = AgaveServer::start_with_peer_limit(
+            "127.0.0.1:0".parse().unwrap(),
+            &[(identity.pubkey(), 1_000_000)],
+            per_peer,
+        );
+        // The other sender (as a validator's own send path would be): connected
+        // first, kept open by keep-alives.
+        let (sink, outcomes) = std::sync::mpsc::channel();
+        let other = afterburner_quic::EngineHandle::spawn(
+            afterburner_quic::EngineConfig::default(),
+            &afterburner_quic::Identity::from_keypair(identity.insecure_clone()),
+            afterburner_xdp::udp::UdpIo::bind("127.0.0.1:0".parse().unwrap()).unwrap(),
+            move |o| {
+                let _ = sink.send(o);
+            },
+        )
+        .unwrap();
+        let first = bincode::serialize(&transfer(&Keypair::new(), 1)).unwrap();
+        other.submit(1, first.into(), server.addr).unwrap();
+        let o = outcomes.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(o.kind, afterburner_quic::OutcomeKind::Sent, "{o:?}");
+        assert_eq!(server.wait_for(1, Duration::from_secs(10)), 1);
+
+        let s = setup_with(server, &identity, "", &[]).await;
+        let base = format!("http://{}", s.gateway.rpc_addr);
+        let send = |lamports: u64| {
+            let tx = transfer(&Keypair::new(), lamports);
+            let data = bs58::encode(bincode::serialize(&tx).unwrap()).into_string();
+            json!({"jsonrpc": "2.0", "id": 1, "method": "sendTransaction",
+                   "params": [data, {"skipPreflight": true}]})
+            .to_string()
+        };
+        let (_, v) = post(&format!("{base}/"), send(2), "application/json").await;
+        assert!(
+            v["result"].is_string(),
+            "before anything is known: accepted: {v}"
+        );
+        if per_peer == 2 {
+            assert_eq!(
+                s.server.wait_for(2, Duration::from_secs(10)),
+                2,
+                "both deliver"
+            );
+            assert_eq!(
+                metric(&s.gateway, "afterburner_leader_refusals_total").await,
+                0.0
+            );
+            assert_eq!(get_text(format!("{base}/ready")).await.0, 200);
+            assert_accounted(&s.gateway).await;
+            s.gateway.shutdown().await;
+            other.shutdown().unwrap();
+            continue;
+        }
+        // Refused with code 4: counted, and the leader shown refusing.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while metric(&s.gateway, "afterburner_leaders_refusing").await < 1.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no refusal seen within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(metric(&s.gateway, "afterburner_leader_refusals_total").await >= 1.0);
+        assert!(
+            metric(
+                &s.gateway,
+                "afterburner_transactions_dropped_total{reason=\"closed_too_many\"}"
+            )
+            .await
+                >= 1.0,
+            "the accepted one is accounted as dropped for it"
+        );
+        let (code, body) = get_text(format!("{base}/ready")).await;
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("too_many"), "{body}");
+        let accepted = metric(&s.gateway, "afterburner_transactions_accepted_total").await;
+        let (_, v) = post(&format!("{base}/"), send(3), "application/json").await;
+        assert_eq!(v["error"]["code"], -32005, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("too_many"),
+            "{v}"
+        );
+        assert_eq!(
+            metric(&s.gateway, "afterburner_transactions_accepted_total").await,
+            accepted,
+            "a refusal counts nothing as accepted"
+        );
+        assert_eq!(s.server.delivered_count(), 1, "only the other sender's");
+        assert_accounted(&s.gateway).await;
+        s.gateway.shutdown().await;
+        other.shutdown().unwrap();
+    }
 }

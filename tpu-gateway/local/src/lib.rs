@@ -279,6 +279,39 @@ pub fn new_keypair_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The stake a local validator credits the gateway's own identity with, through
+/// its staked-nodes overrides (what agave's TPU server uses for stake-weighted QoS):
+/// the same as the test validator's own stake (1,000,000 SOL).
+pub const GATEWAY_STAKE_LAMPORTS: u64 = 1_000_000 * 1_000_000_000;
+
+/// Gives `identity` stake in the validator `genesis` will start (a staked-nodes
+/// override): the gateway then presents its own staked identity and does not share
+/// the validator's per-identity connection budget with the validator's own sending
+/// (agave's RPC `sendTransaction` path), which a shared identity would lock out.
+pub fn stake_gateway(
+    genesis: &mut solana_test_validator::TestValidatorGenesis,
+    identity: solana_sdk::pubkey::Pubkey,
+) {
+    let overrides = genesis.staked_nodes_overrides.clone();
+    // A poisoned lock here means a panic elsewhere in setup: nothing to stake.
+    if let Ok(mut o) = overrides.write() {
+        o.insert(identity, GATEWAY_STAKE_LAMPORTS);
+    }
+}
+
+/// Reads the keypair at `path`, writing a new one there first when none exists.
+///
+/// # Errors
+/// Unreadable or unwritable file.
+pub fn keypair_file(path: &Path) -> Result<solana_sdk::signature::Keypair> {
+    if !path.exists() {
+        new_keypair_file(path)?;
+    }
+    solana_sdk::signature::read_keypair_file(path)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("reading {}", path.display()))
+}
+
 /// Prints and flushes (progress lines read by people and by tests).
 pub fn say(line: &str) {
     let mut out = std::io::stdout().lock();

@@ -1,8 +1,10 @@
 //! `afterburner-local`: Afterburner on one machine, for trying it and for end-to-end
 //! tests. `run` starts an embedded agave test validator (`solana-test-validator`:
 //! real RPC, websocket, leader schedule and TPU QUIC) and the `tpu-gateway` binary
-//! as a child process wired to it, with a generated identity, then prints a status
-//! line whenever the gateway's counters move; `send` builds a signed transfer from
+//! as a child process wired to it, with its own identity (staked through the
+//! validator's staked-nodes overrides, so the validator's own sending keeps its
+//! connection budget), then prints a status line whenever the gateway's counters
+//! move; `send` builds a signed transfer from
 //! the validator's funded payer, posts it through the gateway and waits until it
 //! lands (or only prints it, base64, for curl); `validator` runs the validator alone
 //! (the AF_XDP end-to-end test starts it inside a network namespace).
@@ -13,7 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use afterburner_local::{Counts, GatewayProcess, gateway_bin, gateway_config, http_status, say};
+use afterburner_local::{
+    Counts, GATEWAY_STAKE_LAMPORTS, GatewayProcess, gateway_bin, gateway_config, http_status,
+    keypair_file, say, stake_gateway,
+};
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use clap::{Parser, Subcommand};
@@ -51,6 +56,12 @@ enum Cmd {
         /// The validator's RPC port (its websocket: the next one).
         #[arg(long, default_value_t = 18_899)]
         validator_rpc_port: u16,
+        /// Present the validator's own identity instead of the gateway's own. Both
+        /// then share agave's per-identity connection limit at the leader (1 in the
+        /// test validator): whichever connects first holds it, so the validator's
+        /// RPC `sendTransaction` or the gateway is refused (close code 4).
+        #[arg(long)]
+        validator_identity: bool,
     },
     /// Build a transfer from the local validator's payer and send it through the
     /// gateway, then wait until it is confirmed.
@@ -103,7 +114,17 @@ fn main() -> Result<()> {
                 listen,
                 metrics_listen,
                 validator_rpc_port,
-            } => run(&dir, listen, metrics_listen, validator_rpc_port).await,
+                validator_identity,
+            } => {
+                run(
+                    &dir,
+                    listen,
+                    metrics_listen,
+                    validator_rpc_port,
+                    validator_identity,
+                )
+                .await
+            }
             Cmd::Send {
                 dir,
                 gateway,
@@ -121,7 +142,13 @@ fn main() -> Result<()> {
 }
 
 /// Starts a fresh validator with its ledger in `dir/ledger`; writes `dir/payer.json`.
-async fn start_validator(dir: &Path, bind: IpAddr, rpc_port: u16) -> Result<TestValidator> {
+/// `staked`: an identity the validator credits with stake (the gateway's own).
+async fn start_validator(
+    dir: &Path,
+    bind: IpAddr,
+    rpc_port: u16,
+    staked: Option<solana_sdk::pubkey::Pubkey>,
+) -> Result<TestValidator> {
     let ledger = dir.join("ledger");
     if ledger.exists() {
         std::fs::remove_dir_all(&ledger)
@@ -136,6 +163,9 @@ async fn start_validator(dir: &Path, bind: IpAddr, rpc_port: u16) -> Result<Test
         .gossip_host(bind)
         // Below the kernel's ephemeral ports, above the usual services.
         .port_range((21_000, 21_500));
+    if let Some(identity) = staked {
+        stake_gateway(&mut genesis, identity);
+    }
     let (validator, payer) = genesis.start_async().await;
     let payer_path = dir.join("payer.json");
     write_keypair_file(&payer, &payer_path)
@@ -149,20 +179,57 @@ async fn run(
     listen: SocketAddr,
     metrics_listen: SocketAddr,
     validator_rpc_port: u16,
+    validator_identity: bool,
 ) -> Result<()> {
     let gateway_bin = gateway_bin()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The gateway's own identity, kept across runs, staked by the validator.
+    let own_identity = dir.join("gateway-identity.json");
+    let own = keypair_file(&own_identity)?.pubkey();
     say(&format!(
         "starting a local validator (RPC port {validator_rpc_port})…"
     ));
-    let validator = start_validator(dir, IpAddr::from([127, 0, 0, 1]), validator_rpc_port).await?;
+    let validator = start_validator(
+        dir,
+        IpAddr::from([127, 0, 0, 1]),
+        validator_rpc_port,
+        (!validator_identity).then_some(own),
+    )
+    .await?;
     say(&format!(
         "validator  RPC {}  websocket {}  ledger {}",
         validator.rpc_url(),
         validator.rpc_pubsub_url(),
         dir.join("ledger").display()
     ));
-    // The validator's own identity: staked, as a gateway beside a validator is.
-    let identity = dir.join("ledger").join("validator-keypair.json");
+    let validator_keypair = dir.join("ledger").join("validator-keypair.json");
+    let validator_pubkey = read_keypair_file(&validator_keypair)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("reading the validator's identity")?
+        .pubkey();
+    let (identity, whose) = if validator_identity {
+        (
+            validator_keypair,
+            "the validator's own: its RPC sendTransaction and the gateway now share one connection per leader"
+                .to_string(),
+        )
+    } else {
+        (
+            own_identity,
+            format!(
+                "its own, staked {} SOL",
+                GATEWAY_STAKE_LAMPORTS / 1_000_000_000
+            ),
+        )
+    };
+    say(&format!(
+        "identities validator {validator_pubkey} (its RPC sendTransaction sends with it)  gateway {} ({whose})",
+        if validator_identity {
+            validator_pubkey
+        } else {
+            own
+        }
+    ));
     // The websocket proxy where @solana/web3.js looks: the RPC port + 1.
     let websocket = SocketAddr::new(listen.ip(), listen.port().saturating_add(1));
     let config = gateway_config(
@@ -176,7 +243,7 @@ async fn run(
     );
     let gateway = GatewayProcess::spawn(dir, &config, listen, metrics_listen, &[])?;
     say(&format!(
-        "gateway    JSON-RPC {}  metrics http://{metrics_listen}/metrics  config {}  identity {} (the validator's)  ({})",
+        "gateway    JSON-RPC {}  metrics http://{metrics_listen}/metrics  config {}  identity {}  ({})",
         gateway.url(),
         dir.join("tpu-gateway.toml").display(),
         identity.display(),
@@ -304,7 +371,7 @@ async fn send(
 }
 
 async fn validator(dir: &Path, bind: IpAddr, rpc_port: u16) -> Result<()> {
-    let validator = start_validator(dir, bind, rpc_port).await?;
+    let validator = start_validator(dir, bind, rpc_port, None).await?;
     say(&format!(
         "ready {} {}",
         validator.rpc_url(),

@@ -11,14 +11,26 @@
 //!    stops rebroadcasting it;
 //! 3. preflight forwarded to the validator's RPC: a good transaction passes and
 //!    lands, one that cannot pay gets agave's -32002 and is not accepted;
-//! 4. a second gateway presenting the validator's own identity (staked, as in
-//!    production) takes 1,000 distinct transfers: all land exactly once (balances
-//!    add up), nothing dropped, the accounting invariant holds; landing time
-//!    p50/p99 (ms and slots) is printed;
+//!    3b. the gateway as a client's only RPC URL: `send_and_confirm_transaction`
+//!    and `signatureSubscribe` through it; its lifecycle record names the leader
+//!    sent to and the slot's leader, and the event stream tells accepted -> sent
+//!    -> landed;
+//!    3c. expiry by blockhash (an unknown one expires after its grace window) and
+//!    durable nonces (one lands; one with an advanced nonce ends `nonce_advanced`;
+//!    one with a current nonce that cannot land keeps being rebroadcast);
+//! 4. a second gateway presenting its own identity, staked by the validator
+//!    (staked-nodes overrides, as local mode does) takes 1,000 distinct transfers:
+//!    all land exactly once (balances add up), nothing dropped, the accounting
+//!    invariant holds; landing time p50/p99 (ms and slots) is printed;
+//!    4b. the validator's own RPC `sendTransaction` and that gateway send 50
+//!    transfers each, interleaved: all 100 land;
 //! 5. a third gateway, with a 10-slot expiry window, takes a transaction whose
 //!    blockhash the cluster does not know (as an expired one): rebroadcast, then
 //!    retired as "expired" after the window, then no more rebroadcasts;
 //! 6. SIGTERM: each gateway exits 0.
+//!
+//! Throughout, a gateway with the default schedule settings has its `/ready`
+//! polled every 250 ms for at least three refetch periods (125 s): never 503.
 //!
 //! The gateway binary comes from the same target directory (`cargo test
 //! --workspace` builds it; `AFTERBURNER_GATEWAY_BIN` overrides).
@@ -63,6 +75,9 @@ const RETRY_INTERVAL_MS: u64 = 500;
 /// within seconds (its backstop, `retry.expiry_slots` = 150 slots, is a minute).
 const BLOCKHASH_GRACE_MS: u64 = 1_000;
 const EXPIRY_SLOTS: u64 = 10;
+/// How long `/ready` is watched: more than three refetch periods of the default
+/// leader window (100 slots of 400 ms each).
+const READY_WATCH: Duration = Duration::from_secs(125);
 
 /// A gateway process named `name` (its files in `dir/name`), listening on `port`
 /// (JSON-RPC) and `port + 1` (metrics), presenting `identity` (a new, unstaked key
@@ -199,6 +214,30 @@ async fn wait_confirmed(
     seen
 }
 
+/// Reads a `GET /v1/transactions/events` stream until its `ended` event (30 s at
+/// most between events); returns the events in order.
+async fn events_until_ended(mut events: reqwest::Response) -> Vec<serde_json::Value> {
+    let mut text = String::new();
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    while !seen.iter().any(|e| e["event"] == "ended") {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), events.chunk())
+            .await
+            .expect("an event within 30 s")
+            .unwrap()
+            .expect("the stream stays open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            for line in block.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    seen.push(serde_json::from_str(data.trim()).unwrap());
+                }
+            }
+        }
+    }
+    seen
+}
+
 /// Polls `GET /v1/transactions/{sig}` until its state is `state` (30 s at most).
 async fn wait_for_lifecycle(gw_url: &str, sig: &Signature, state: &str) -> serde_json::Value {
     let url = format!("{gw_url}/v1/transactions/{sig}");
@@ -250,12 +289,19 @@ async fn transactions_land_on_a_real_validator() {
 
     let started = Instant::now();
     let ledger = dir.0.join("ledger");
-    let (validator, payer) = TestValidatorGenesis::default()
+    // The staked gateway's own identity, staked by the validator (as local mode
+    // does): the validator's own sending keeps its connection budget.
+    let own_identity = dir.0.join("gateway-identity.json");
+    let own = afterburner_local::keypair_file(&own_identity)
+        .unwrap()
+        .pubkey();
+    let mut genesis = TestValidatorGenesis::default();
+    genesis
         .ledger_path(&ledger)
         .port_range(PORT_RANGE)
-        .rpc_port(RPC_PORT)
-        .start_async()
-        .await;
+        .rpc_port(RPC_PORT);
+    afterburner_local::stake_gateway(&mut genesis, own);
+    let (validator, payer) = genesis.start_async().await;
     assert_eq!(validator.rpc_url(), format!("http://127.0.0.1:{RPC_PORT}"));
     wait_ready(&first, Duration::from_secs(60)).await;
     println!(
@@ -264,6 +310,35 @@ async fn transactions_land_on_a_real_validator() {
     );
     let chain = validator.get_async_rpc_client();
     let via_gateway = RpcClient::new(gw_url.clone());
+
+    // Readiness does not flap: a gateway with the default schedule settings is
+    // polled every 250 ms for the rest of the run, at least three refetch periods
+    // (a 200-slot window refetched below 100 slots: about 40 s at 400 ms slots).
+    let watch = start_gateway(&dir, "ready-watch", 21_986, None, "");
+    wait_ready(&watch, Duration::from_secs(30)).await;
+    let watch_started = Instant::now();
+    let watch_url = format!("{}/ready", watch.url());
+    let watcher = tokio::spawn(async move {
+        let mut polls = 0u64;
+        let mut failures: Vec<(f64, u16, String)> = Vec::new();
+        loop {
+            let at = watch_started.elapsed().as_secs_f64();
+            match reqwest::get(&watch_url).await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    if status != 200 {
+                        failures.push((at, status, r.text().await.unwrap_or_default()));
+                    }
+                }
+                Err(e) => failures.push((at, 0, e.to_string())),
+            }
+            polls += 1;
+            if watch_started.elapsed() >= READY_WATCH {
+                return (polls, failures);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
 
     // Phase 2: one transfer, through solana-client's RpcClient pointed at us.
     let to = Pubkey::new_unique();
@@ -336,6 +411,14 @@ async fn transactions_land_on_a_real_validator() {
     ))
     .await
     .expect("the gateway's websocket proxy");
+    // ... and the gateway's own lifecycle event stream, for this transaction.
+    let events = reqwest::get(format!(
+        "{gw_url}/v1/transactions/events?signature={}",
+        dropin.signatures[0]
+    ))
+    .await
+    .unwrap();
+    assert_eq!(events.status(), 200);
     let (mut notifications, _unsubscribe) = pubsub
         .signature_subscribe(
             &dropin.signatures[0],
@@ -363,14 +446,48 @@ async fn transactions_land_on_a_real_validator() {
         "signatureSubscribe through the gateway: notified in slot {}",
         notified.context.slot
     );
-    // Its lifecycle, from the gateway that accepted it: sent, then landed in a slot.
+    // Its lifecycle, from the gateway that accepted it: sent to the validator (the
+    // leader, named), then landed in a slot the validator led.
+    let validator_identity =
+        solana_sdk::signature::read_keypair_file(ledger.join("validator-keypair.json"))
+            .unwrap()
+            .pubkey();
     let lifecycle: serde_json::Value = wait_for_lifecycle(&gw_url, &sig, "landed").await;
     assert_eq!(lifecycle["firstSend"]["result"], "sent", "{lifecycle}");
-    assert!(
-        lifecycle["landed"]["slot"].as_u64().is_some(),
+    let landed_slot = lifecycle["landed"]["slot"]
+        .as_u64()
+        .expect("a landing slot");
+    assert_eq!(
+        lifecycle["landed"]["leader"],
+        validator_identity.to_string(),
         "{lifecycle}"
     );
-    assert!(!lifecycle["sends"].as_array().unwrap().is_empty());
+    assert_eq!(lifecycle["landed"]["sentToLeader"], true, "{lifecycle}");
+    let first_send = &lifecycle["sends"][0];
+    assert_eq!(
+        first_send["leader"],
+        validator_identity.to_string(),
+        "{lifecycle}"
+    );
+    assert_eq!(first_send["outcome"], "sent", "{lifecycle}");
+    println!("lifecycle through the gateway: {lifecycle}");
+    // The event stream told it live: accepted -> sent -> landed.
+    let seen = events_until_ended(events).await;
+    let kinds: Vec<&str> = seen.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"accepted"), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|e| e["event"] == "send" && e["outcome"] == "sent"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|e| e["event"] == "first_send" && e["result"] == "sent"),
+        "{seen:?}"
+    );
+    let ended = seen.last().unwrap();
+    assert_eq!(ended["state"], "landed", "{seen:?}");
+    assert_eq!(ended["slot"], landed_slot, "{seen:?}");
     // Who led the slots ours landed in: the validator, which we had sent to.
     let body = reqwest::get(format!("{gw_url}/v1/leaders"))
         .await
@@ -380,10 +497,6 @@ async fn transactions_land_on_a_real_validator() {
         .unwrap();
     let leaders: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let leader = &leaders["leaders"][0];
-    let validator_identity =
-        solana_sdk::signature::read_keypair_file(ledger.join("validator-keypair.json"))
-            .unwrap()
-            .pubkey();
     assert_eq!(
         leader["identity"],
         validator_identity.to_string(),
@@ -401,9 +514,11 @@ async fn transactions_land_on_a_real_validator() {
 
     // Phase 3c: expiry follows the blockhash. One the cluster never had expires once
     // the cluster calls it invalid for the grace window (seconds, not the 150-slot
-    // backstop); a durable-nonce transaction does not expire with its "blockhash"
-    // (the nonce): a valid one lands, and one whose nonce is stale (it can never
-    // land) is still being rebroadcast after the same time.
+    // backstop). A durable-nonce transaction does not expire with its "blockhash"
+    // (the nonce): a valid one lands; one signed with a nonce that has since
+    // advanced is given up as `nonce_advanced`; one whose nonce is current but that
+    // cannot land (its fee payer has no account) is still rebroadcast after the
+    // grace window, not expired.
     let unknown = transfer(&payer, &to, 1, Hash::new_unique());
     let unknown_sig = via_gateway
         .send_transaction_with_config(&unknown, skip_preflight())
@@ -429,41 +544,57 @@ async fn transactions_land_on_a_real_validator() {
         &[&payer, &nonce],
         blockhash,
     );
-    // Through the gateway, never the validator's own RPC send path: that sends with
-    // the validator's identity and would hold the identity's one connection slot
-    // that phase 4's gateway needs (issue 15).
+    // Through the gateway, as a client with it as its only RPC URL would.
     via_gateway
         .send_and_confirm_transaction(&create)
         .await
         .unwrap();
-    let account = solana_client::nonce_utils::nonblocking::get_account_with_commitment(
-        &chain,
-        &nonce.pubkey(),
-        CommitmentConfig::confirmed(),
-    )
-    .await
-    .unwrap();
-    let nonce_value = solana_client::nonce_utils::data_from_account(&account)
-        .unwrap()
-        .blockhash();
-    let nonced = |lamports: u64, value: Hash| {
+    let nonce_now = || async {
+        let account = solana_client::nonce_utils::nonblocking::get_account_with_commitment(
+            &chain,
+            &nonce.pubkey(),
+            CommitmentConfig::confirmed(),
+        )
+        .await
+        .unwrap();
+        solana_client::nonce_utils::data_from_account(&account)
+            .unwrap()
+            .blockhash()
+    };
+    let nonced = |fee_payer: &Keypair, lamports: u64, value: Hash| {
         let ixs = [
             system_instruction::advance_nonce_account(&nonce.pubkey(), &payer.pubkey()),
             system_instruction::transfer(&payer.pubkey(), &to, lamports),
         ];
-        Transaction::new_signed_with_payer(&ixs, Some(&payer.pubkey()), &[&payer], value)
+        Transaction::new_signed_with_payer(
+            &ixs,
+            Some(&fee_payer.pubkey()),
+            &[fee_payer, &payer],
+            value,
+        )
     };
-    let stale = nonced(3, Hash::new_unique());
-    let stale_sig = via_gateway
-        .send_transaction_with_config(&stale, skip_preflight())
-        .await
-        .unwrap();
-    let stale_sent = Instant::now();
-    let good = nonced(2, nonce_value);
+    let first_nonce = nonce_now().await;
+    let good = nonced(&payer, 2, first_nonce);
     let good_sig = via_gateway
         .send_transaction_with_config(&good, skip_preflight())
         .await
         .unwrap();
+    wait_for_lifecycle(&gw_url, &good_sig, "landed").await;
+    let second_nonce = nonce_now().await;
+    assert_ne!(first_nonce, second_nonce, "the landed transfer advanced it");
+    // The old nonce again (another amount: another transaction): it can never land.
+    let late = nonced(&payer, 3, first_nonce);
+    let late_sig = via_gateway
+        .send_transaction_with_config(&late, skip_preflight())
+        .await
+        .unwrap();
+    let unfunded = Keypair::new();
+    let stuck = nonced(&unfunded, 4, second_nonce);
+    let stuck_sig = via_gateway
+        .send_transaction_with_config(&stuck, skip_preflight())
+        .await
+        .unwrap();
+    let stuck_sent = Instant::now();
     let expired = wait_for_lifecycle(&gw_url, &unknown_sig, "expired").await;
     let after_ms = expired["endedAfterMs"].as_f64().unwrap();
     assert!(
@@ -471,17 +602,22 @@ async fn transactions_land_on_a_real_validator() {
         "expired by its blockhash, not the backstop: {expired}"
     );
     println!("a blockhash the cluster never had: expired after {after_ms:.0} ms");
-    wait_for_lifecycle(&gw_url, &good_sig, "landed").await;
-    // Well past the grace window (and several status polls) for the stale one.
-    tokio::time::sleep_until((stale_sent + Duration::from_millis(3 * BLOCKHASH_GRACE_MS)).into())
-        .await;
-    let stale_state = wait_for_lifecycle(&gw_url, &stale_sig, "in_flight").await;
-    assert!(
-        stale_state["sends"].as_array().unwrap().len() > 1,
-        "still rebroadcast: {stale_state}"
+    let advanced = wait_for_lifecycle(&gw_url, &late_sig, "nonce_advanced").await;
+    println!(
+        "a transfer with an advanced nonce: given up after {:.0} ms",
+        advanced["endedAfterMs"].as_f64().unwrap()
     );
+    // Well past the grace window (and several status polls) for the stuck one.
+    tokio::time::sleep_until((stuck_sent + Duration::from_millis(3 * BLOCKHASH_GRACE_MS)).into())
+        .await;
+    let stuck_state = wait_for_lifecycle(&gw_url, &stuck_sig, "in_flight").await;
+    assert!(
+        stuck_state["sends"].as_array().unwrap().len() > 1,
+        "still rebroadcast: {stuck_state}"
+    );
+    assert_eq!(nonce_now().await, second_nonce, "nothing advanced it");
 
-    // All but the stale nonce transfer retired (it is rebroadcast until its own
+    // All but the stuck nonce transfer retired (it is rebroadcast until its own
     // limit; the shutdown below ends it).
     wait_until(
         "the first gateway to retire all but one",
@@ -495,12 +631,12 @@ async fn transactions_land_on_a_real_validator() {
     first.terminate(Duration::from_secs(10)).unwrap();
 
     // Phase 4: 1,000 distinct transfers to one recipient, 8 senders at a time,
-    // through a gateway with the validator's identity and the default retry policy.
+    // through a gateway with its own staked identity and the default retry policy.
     let staked = start_gateway(
         &dir,
         "staked",
         21_972,
-        Some(ledger.join("validator-keypair.json")),
+        Some(own_identity.clone()),
         "[retry]\nstatus_interval_ms = 200\n",
     );
     wait_ready(&staked, Duration::from_secs(30)).await;
@@ -613,6 +749,55 @@ async fn transactions_land_on_a_real_validator() {
     assert_eq!(c.landed, TRANSFERS as f64, "{c:?}");
     assert_eq!(c.dropped, 0.0, "{c:?}; {}", drops(m).await);
     assert_accounted(m).await;
+
+    // Phase 4b: one validator, two senders at once (issue 15). The validator's own
+    // RPC `sendTransaction` (its send-transaction-service, presenting the
+    // validator's identity) and the gateway (its own staked identity) each take 50
+    // transfers, interleaved: all 100 land. With one shared identity, whichever
+    // connected first held agave's one connection per identity.
+    let blockhash = chain.get_latest_blockhash().await.unwrap();
+    let via_staked = RpcClient::new(gw_url.clone());
+    let mut both: Vec<(Signature, &str, Instant)> = Vec::with_capacity(100);
+    for i in 0..50u64 {
+        let a = transfer(&payer, &to, 2_000_000 + i, blockhash);
+        let b = transfer(&payer, &to, 3_000_000 + i, blockhash);
+        let (ra, rb) = tokio::join!(
+            chain.send_transaction_with_config(&a, skip_preflight()),
+            via_staked.send_transaction_with_config(&b, skip_preflight()),
+        );
+        let now = Instant::now();
+        both.push((ra.unwrap(), "validator RPC", now));
+        both.push((rb.unwrap(), "gateway", now));
+    }
+    let sigs: Vec<Signature> = both.iter().map(|(s, ..)| *s).collect();
+    let seen = wait_confirmed(&chain, &sigs, Duration::from_secs(60)).await;
+    for who in ["validator RPC", "gateway"] {
+        let mut ms: Vec<f64> = both
+            .iter()
+            .filter(|(_, w, _)| *w == who)
+            .filter_map(|(sig, _, at)| {
+                Some(seen.get(sig)?.0.duration_since(*at).as_secs_f64() * 1e3)
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "concurrent senders, {who}: {} of 50 confirmed, p50 {:.0} ms, max {:.0} ms",
+            ms.len(),
+            if ms.is_empty() {
+                f64::NAN
+            } else {
+                percentile(&ms, 0.5)
+            },
+            ms.last().copied().unwrap_or(f64::NAN)
+        );
+    }
+    assert_eq!(
+        seen.len(),
+        100,
+        "both senders land: {} of 100; gateway drops: {}",
+        seen.len(),
+        drops(m).await
+    );
     staked.terminate(Duration::from_secs(10)).unwrap();
 
     // Phase 5: a blockhash the cluster does not know, as if long expired.
@@ -665,7 +850,20 @@ async fn transactions_land_on_a_real_validator() {
     assert_eq!(c.tracked, 0.0, "{c:?}");
     assert_accounted(m).await;
 
+    // The readiness watch: never 503 through its three refetch periods.
+    let (polls, failures) = watcher.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "/ready failed {} of {polls} polls: {failures:?}",
+        failures.len()
+    );
+    println!(
+        "/ready polled {polls} times over {:.0} s (default schedule settings): never 503",
+        READY_WATCH.as_secs_f64()
+    );
+
     // Phase 6 (the others were stopped above): SIGTERM, exit 0.
+    watch.terminate(Duration::from_secs(10)).unwrap();
     short.terminate(Duration::from_secs(10)).unwrap();
     drop(validator);
 }

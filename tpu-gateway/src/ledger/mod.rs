@@ -20,7 +20,7 @@ use std::{
 };
 
 use afterburner_quic::{DropReason, OutcomeKind};
-use solana_sdk::{hash::Hash, signature::Signature};
+use solana_sdk::{hash::Hash, pubkey::Pubkey, signature::Signature};
 use strum::{EnumIter, IntoStaticStr};
 
 #[cfg(test)]
@@ -39,8 +39,12 @@ pub const ATTEMPTS: u64 = 1 << 16;
 pub enum Terminal {
     /// Seen landed at the configured commitment.
     Landed,
-    /// Too old to land.
+    /// Too old to land: its blockhash is no longer valid (or, without an answer
+    /// from the cluster, the slot backstop or a durable nonce's maximum age passed).
     Expired,
+    /// A durable-nonce transaction whose nonce account holds another nonce: it can
+    /// never land (as agave's send-transaction-service drops it).
+    NonceAdvanced,
     /// Sent as many times as allowed (`maxRetries`; 0: only the first send).
     RetriesExhausted,
     /// The gateway shut down first.
@@ -91,6 +95,8 @@ pub struct SendRecord {
     pub attempt: u32,
     /// The leader's TPU address (`None`: no leader was known).
     pub target: Option<SocketAddr>,
+    /// The leader's identity, when the schedule named it for that address.
+    pub leader: Option<Pubkey>,
     /// When it was handed to the engine.
     pub at: Instant,
     /// The engine's outcome, once reported.
@@ -108,10 +114,43 @@ pub struct NewTx {
     pub max_retries: Option<usize>,
     /// When its request had been read.
     pub received_at: Instant,
+    /// What keeps it valid.
+    pub lifetime: Lifetime,
+}
+
+/// What keeps a transaction valid, and so when the ledger gives up on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifetime {
     /// Its recent blockhash: it expires when the cluster says that is no longer
-    /// valid. `None` for a durable-nonce transaction, which does not expire with a
-    /// blockhash (it expires after [`LedgerConfig::nonce_max_age`]).
-    pub blockhash: Option<Hash>,
+    /// valid (after [`LedgerConfig::blockhash_grace`]).
+    Blockhash(Hash),
+    /// A durable nonce (first instruction `AdvanceNonceAccount`): valid until the
+    /// nonce account holds another nonce than `nonce` (for
+    /// [`LedgerConfig::blockhash_grace`] in a row), and at most
+    /// [`LedgerConfig::nonce_max_age`].
+    Nonce {
+        /// The nonce account (`None`: it comes from an address lookup table, so
+        /// only the maximum age applies).
+        account: Option<Pubkey>,
+        /// The nonce it was signed with (the message's recent blockhash).
+        nonce: Hash,
+    },
+}
+
+impl Lifetime {
+    fn blockhash(self) -> Option<Hash> {
+        match self {
+            Self::Blockhash(h) => Some(h),
+            Self::Nonce { .. } => None,
+        }
+    }
+
+    fn nonce_account(self) -> Option<Pubkey> {
+        match self {
+            Self::Nonce { account, .. } => account,
+            Self::Blockhash(_) => None,
+        }
+    }
 }
 
 /// What the owner must do.
@@ -214,8 +253,12 @@ pub struct Record {
     pub first_send: Option<Result<(), FirstDrop>>,
     /// The slot it landed in, when it did.
     pub landed_slot: Option<u64>,
-    /// Its recent blockhash (`None`: a durable nonce).
-    pub blockhash: Option<Hash>,
+    /// The leader of the slot it landed in, when the schedule knew it.
+    pub landed_leader: Option<Pubkey>,
+    /// What keeps it valid.
+    pub lifetime: Lifetime,
+    /// Since when its nonce account has held another nonce (durable nonces only).
+    nonce_moved_since: Option<Instant>,
     wire: Arc<[u8]>,
     retries_left: Option<usize>,
     attempts: u32,
@@ -253,6 +296,8 @@ pub struct Ledger {
     ended: VecDeque<TxId>,
     /// Live transactions by blockhash, and since when the cluster calls it invalid.
     by_blockhash: HashMap<Hash, Blockhash>,
+    /// Live durable-nonce transactions by nonce account.
+    by_nonce_account: HashMap<Pubkey, HashSet<TxId>>,
     slot: Option<u64>,
     live: usize,
     /// Transactions whose first send has not settled.
@@ -272,6 +317,7 @@ impl Ledger {
             due: BTreeSet::new(),
             ended: VecDeque::new(),
             by_blockhash: HashMap::new(),
+            by_nonce_account: HashMap::new(),
             slot: None,
             live: 0,
             unsettled: 0,
@@ -288,10 +334,10 @@ impl Ledger {
     pub fn accept(&mut self, tx: NewTx, now: Instant) -> TxId {
         let id = self.next_id;
         self.next_id += 1;
-        let expires = match (tx.blockhash, self.slot) {
-            (None, _) => Expiry::At(now + self.config.nonce_max_age),
-            (Some(_), Some(s)) => Expiry::Slot(s + self.config.expiry_slots),
-            (Some(_), None) => Expiry::At(
+        let expires = match (tx.lifetime, self.slot) {
+            (Lifetime::Nonce { .. }, _) => Expiry::At(now + self.config.nonce_max_age),
+            (Lifetime::Blockhash(_), Some(s)) => Expiry::Slot(s + self.config.expiry_slots),
+            (Lifetime::Blockhash(_), None) => Expiry::At(
                 now + self
                     .config
                     .slot_duration
@@ -301,8 +347,11 @@ impl Ledger {
         // A signature seen again after its record was forgotten is a new life; the
         // lookup follows the newest.
         self.by_signature.insert(tx.signature, id);
-        if let Some(hash) = tx.blockhash {
+        if let Some(hash) = tx.lifetime.blockhash() {
             self.by_blockhash.entry(hash).or_default().ids.insert(id);
+        }
+        if let Some(account) = tx.lifetime.nonce_account() {
+            self.by_nonce_account.entry(account).or_default().insert(id);
         }
         self.records.insert(
             id,
@@ -314,7 +363,9 @@ impl Ledger {
                 sends: Vec::new(),
                 first_send: None,
                 landed_slot: None,
-                blockhash: tx.blockhash,
+                landed_leader: None,
+                lifetime: tx.lifetime,
+                nonce_moved_since: None,
                 wire: tx.wire,
                 retries_left: tx.max_retries,
                 attempts: 0,
@@ -407,6 +458,19 @@ impl Ledger {
     /// (empty: no leader was known). Its outcomes follow through
     /// [`Self::on_send_outcome`], one per target.
     pub fn on_submitted(&mut self, id: TxId, attempt: u32, targets: &[SocketAddr], now: Instant) {
+        self.on_submitted_to(id, attempt, targets, |_| None, now);
+    }
+
+    /// [`Self::on_submitted`], recording each target's leader identity as
+    /// `leader_of` names it.
+    pub fn on_submitted_to(
+        &mut self,
+        id: TxId,
+        attempt: u32,
+        targets: &[SocketAddr],
+        leader_of: impl Fn(SocketAddr) -> Option<Pubkey>,
+        now: Instant,
+    ) {
         let max = self.config.max_send_records;
         let Some(r) = self.records.get_mut(&id) else {
             return;
@@ -416,6 +480,7 @@ impl Ledger {
                 r.sends.push(SendRecord {
                     attempt,
                     target: None,
+                    leader: None,
                     at: now,
                     outcome: None,
                 });
@@ -426,6 +491,7 @@ impl Ledger {
                 .extend(targets.iter().take(room).map(|&t| SendRecord {
                     attempt,
                     target: Some(t),
+                    leader: leader_of(t),
                     at: now,
                     outcome: None,
                 }));
@@ -515,6 +581,60 @@ impl Ledger {
         }
     }
 
+    /// The nonce accounts of live durable-nonce transactions (to read from the
+    /// cluster).
+    pub fn nonce_accounts(&self) -> Vec<Pubkey> {
+        self.by_nonce_account.keys().copied().collect()
+    }
+
+    /// The cluster says nonce account `account` holds `current` at `now` (`None`: no
+    /// such account, or not an initialized nonce account). Its live transactions
+    /// signed with another nonce end as [`Terminal::NonceAdvanced`] once that has
+    /// been so for [`LedgerConfig::blockhash_grace`] in a row (a client may be
+    /// ahead of the RPC we ask). Feed landings first: a transaction that advanced
+    /// the nonce itself has landed.
+    pub fn on_nonce_status(
+        &mut self,
+        account: &Pubkey,
+        current: Option<Hash>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let grace = self.config.blockhash_grace;
+        let Some(ids) = self.by_nonce_account.get(account) else {
+            return;
+        };
+        let mut advanced = Vec::new();
+        for &id in ids {
+            let Some(r) = self.records.get_mut(&id) else {
+                continue;
+            };
+            let Lifetime::Nonce { nonce, .. } = r.lifetime else {
+                continue;
+            };
+            if current == Some(nonce) {
+                r.nonce_moved_since = None;
+                continue;
+            }
+            let since = *r.nonce_moved_since.get_or_insert(now);
+            // Not before its first send: a transaction is sent at least once.
+            if now.saturating_duration_since(since) >= grace && r.attempts > 0 {
+                advanced.push(id);
+            }
+        }
+        for id in advanced {
+            self.end(id, Terminal::NonceAdvanced, now, out);
+        }
+    }
+
+    /// The leader of the slot `id` landed in (the owner looks it up in the
+    /// schedule when the landing is reported).
+    pub fn set_landed_leader(&mut self, id: TxId, leader: Pubkey) {
+        if let Some(r) = self.records.get_mut(&id) {
+            r.landed_leader = Some(leader);
+        }
+    }
+
     /// `signature` was seen landed at the configured commitment, in `slot` if known.
     pub fn on_landed(
         &mut self,
@@ -573,6 +693,43 @@ impl Ledger {
         }
     }
 
+    /// The engine thread ended on its own at `now`: the outcomes of what it held
+    /// will never come. First sends handed to it and still waiting settle now (sent
+    /// if a target took it already, else dropped as `engine_failed`); first sends
+    /// not handed over yet are untouched. Every transaction in flight is due again
+    /// at `now`, so that it goes out on the next engine's connections. O(n): once
+    /// per engine failure.
+    pub fn engine_lost(&mut self, now: Instant) {
+        let ids: Vec<TxId> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.first_send.is_none() && r.first.pending.is_some_and(|n| n > 0))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(r) = self.records.get_mut(&id)
+                && !r.first.sent
+            {
+                r.first.last_drop = Some(FirstDrop::Engine(DropReason::EngineFailed));
+            }
+            self.settle_first(id);
+        }
+        let in_flight: Vec<TxId> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.state == State::InFlight)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in in_flight {
+            if let Some(r) = self.records.get_mut(&id) {
+                if let Some(at) = r.next_due.replace(now) {
+                    self.due.remove(&(at, id));
+                }
+                self.due.insert((now, id));
+            }
+        }
+    }
+
     /// First sends that finished since the last call (each exactly once).
     pub fn take_first_sends(&mut self) -> std::vec::Drain<'_, (TxId, FirstSendDone)> {
         self.first_done.drain(..)
@@ -609,12 +766,20 @@ impl Ledger {
         if let Some(at) = r.next_due.take() {
             self.due.remove(&(at, id));
         }
-        if let Some(hash) = r.blockhash
+        if let Some(hash) = r.lifetime.blockhash()
             && let Some(b) = self.by_blockhash.get_mut(&hash)
         {
             b.ids.remove(&id);
             if b.ids.is_empty() {
                 self.by_blockhash.remove(&hash);
+            }
+        }
+        if let Some(account) = r.lifetime.nonce_account()
+            && let Some(ids) = self.by_nonce_account.get_mut(&account)
+        {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_nonce_account.remove(&account);
             }
         }
         self.live -= 1;

@@ -17,7 +17,11 @@ use afterburner_quic::{DropReason, OutcomeKind};
 use proptest::prelude::*;
 use solana_sdk::{hash::Hash, signature::Signature};
 
-use super::{Action, FirstDrop, FirstSendDone, Ledger, LedgerConfig, NewTx, State, Terminal, TxId};
+use solana_sdk::pubkey::Pubkey;
+
+use super::{
+    Action, FirstDrop, FirstSendDone, Ledger, LedgerConfig, Lifetime, NewTx, State, Terminal, TxId,
+};
 
 const INTERVAL: Duration = Duration::from_secs(2);
 
@@ -40,7 +44,7 @@ fn new_tx(max_retries: Option<usize>, at: Instant) -> NewTx {
         wire: Arc::from(&b"wire"[..]),
         max_retries,
         received_at: at,
-        blockhash: Some(Hash::new_unique()),
+        lifetime: Lifetime::Blockhash(Hash::new_unique()),
     }
 }
 
@@ -1062,6 +1066,9 @@ impl Harness {
                         let last = *tx.sends.last().unwrap();
                         assert!(now >= last + interval);
                     }
+                    Terminal::NonceAdvanced => {
+                        panic!("{id}: no nonce status is fed in this model")
+                    }
                 }
                 tx.retired = Some(terminal);
             }
@@ -1216,21 +1223,21 @@ fn ledger_expires_by_blockhash_after_its_grace() {
     let other = Hash::new_unique();
     let a = l.accept(
         NewTx {
-            blockhash: Some(hash),
+            lifetime: Lifetime::Blockhash(hash),
             ..new_tx(None, t0)
         },
         t0,
     );
     let b = l.accept(
         NewTx {
-            blockhash: Some(hash),
+            lifetime: Lifetime::Blockhash(hash),
             ..new_tx(None, t0)
         },
         t0,
     );
     let c = l.accept(
         NewTx {
-            blockhash: Some(other),
+            lifetime: Lifetime::Blockhash(other),
             ..new_tx(None, t0)
         },
         t0,
@@ -1281,7 +1288,10 @@ fn durable_nonce_transactions_ignore_blockhashes_and_end_at_their_max_age() {
     let t0 = Instant::now();
     let id = l.accept(
         NewTx {
-            blockhash: None,
+            lifetime: Lifetime::Nonce {
+                account: None,
+                nonce: Hash::new_unique(),
+            },
             ..new_tx(None, t0)
         },
         t0,
@@ -1311,4 +1321,150 @@ fn durable_nonce_transactions_ignore_blockhashes_and_end_at_their_max_age() {
         )),
         "{out:?}"
     );
+}
+
+#[test]
+fn durable_nonce_transactions_end_once_their_nonce_has_advanced() {
+    let config = LedgerConfig::default();
+    let grace = config.blockhash_grace;
+    let mut l = Ledger::new(config);
+    let t0 = Instant::now();
+    let account = Pubkey::new_unique();
+    let nonce = Hash::new_unique();
+    let nonce_tx = |l: &mut Ledger, nonce: Hash| {
+        l.accept(
+            NewTx {
+                lifetime: Lifetime::Nonce {
+                    account: Some(account),
+                    nonce,
+                },
+                ..new_tx(None, t0)
+            },
+            t0,
+        )
+    };
+    let a = nonce_tx(&mut l, nonce);
+    // Signed with the nonce the account will hold next (a client ahead of our RPC).
+    let next = Hash::new_unique();
+    let b = nonce_tx(&mut l, next);
+    send_all(&mut l, t0);
+    assert_eq!(l.nonce_accounts(), vec![account], "one entry per account");
+    assert!(
+        l.blockhashes().is_empty(),
+        "nothing to ask isBlockhashValid about"
+    );
+
+    let mut out = Vec::new();
+    // The account still holds `nonce`: a is fine, b is ahead (within its grace).
+    l.on_nonce_status(&account, Some(nonce), t0, &mut out);
+    l.on_nonce_status(&account, Some(nonce), t0 + grace / 2, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    // It advances to `next`: b is valid now; a is done once that held for the grace.
+    l.on_nonce_status(&account, Some(next), t0 + grace, &mut out);
+    assert!(out.is_empty(), "within the grace window: {out:?}");
+    l.on_nonce_status(&account, Some(next), t0 + grace * 2, &mut out);
+    assert_eq!(retired(&out), vec![(a, Terminal::NonceAdvanced)]);
+    assert_eq!(l.get(b).map(|r| r.state), Some(State::InFlight));
+    // A vanished account (closed): nothing can use its nonce any more.
+    out.clear();
+    l.on_nonce_status(&account, None, t0 + grace * 3, &mut out);
+    l.on_nonce_status(&account, None, t0 + grace * 4, &mut out);
+    assert_eq!(retired(&out), vec![(b, Terminal::NonceAdvanced)]);
+    assert!(l.nonce_accounts().is_empty(), "no live transaction uses it");
+    assert_eq!(l.live(), 0);
+}
+
+#[test]
+fn a_landed_durable_nonce_transaction_is_landed_not_advanced() {
+    // The transaction that advanced its own nonce: the owner feeds the landing
+    // first, and the nonce status then finds nothing live.
+    let mut l = Ledger::new(LedgerConfig {
+        blockhash_grace: Duration::ZERO,
+        ..LedgerConfig::default()
+    });
+    let t0 = Instant::now();
+    let account = Pubkey::new_unique();
+    let tx = NewTx {
+        lifetime: Lifetime::Nonce {
+            account: Some(account),
+            nonce: Hash::new_unique(),
+        },
+        ..new_tx(None, t0)
+    };
+    let signature = tx.signature;
+    let id = l.accept(tx, t0);
+    send_all(&mut l, t0);
+    let mut out = Vec::new();
+    l.on_landed(&signature, Some(7), t0, &mut out);
+    l.on_nonce_status(&account, Some(Hash::new_unique()), t0, &mut out);
+    assert_eq!(retired(&out), vec![(id, Terminal::Landed)]);
+}
+
+#[test]
+fn send_records_name_each_target_s_leader() {
+    let mut l = Ledger::new(config());
+    let t0 = Instant::now();
+    let id = l.accept(new_tx(None, t0), t0);
+    tick(&mut l, t0);
+    let leader = Pubkey::new_unique();
+    l.on_submitted_to(
+        id,
+        0,
+        &[addr(1), addr(2)],
+        |a| (a == addr(1)).then_some(leader),
+        t0,
+    );
+    let r = l.get(id).unwrap();
+    let leaders: Vec<_> = r.sends.iter().map(|s| (s.target, s.leader)).collect();
+    assert_eq!(
+        leaders,
+        vec![(Some(addr(1)), Some(leader)), (Some(addr(2)), None)]
+    );
+    l.set_landed_leader(id, leader);
+    assert_eq!(l.get(id).unwrap().landed_leader, Some(leader));
+}
+
+#[test]
+fn a_lost_engine_settles_what_it_held_and_makes_the_live_ones_due() {
+    let mut l = Ledger::new(config());
+    let t0 = Instant::now();
+    // a: handed over, no outcome yet; b: handed over, one of two targets took it;
+    // c: accepted, not handed over yet.
+    let a = l.accept(new_tx(None, t0), t0);
+    let b = l.accept(new_tx(None, t0), t0);
+    let out = tick(&mut l, t0);
+    assert_eq!(sends(&out), vec![(a, 0), (b, 0)]);
+    l.on_submitted(a, 0, &[addr(1)], t0);
+    l.on_submitted(b, 0, &[addr(1), addr(2)], t0);
+    l.on_send_outcome(b, 0, addr(1), OutcomeKind::Sent);
+    let c = l.accept(new_tx(None, t0), t0);
+    let t1 = t0 + Duration::from_millis(100);
+    l.engine_lost(t1);
+    let mut settled: Vec<_> = l.take_first_sends().collect();
+    settled.sort_unstable_by_key(|(id, _)| *id);
+    assert_eq!(
+        settled,
+        vec![
+            (
+                a,
+                FirstSendDone::Dropped(FirstDrop::Engine(DropReason::EngineFailed))
+            ),
+            (b, FirstSendDone::Sent),
+        ]
+    );
+    assert!(
+        l.first_sends_pending(),
+        "c's first send is still to come (on the next engine)"
+    );
+    // All three go out at t1, not a retry interval after their first send.
+    let mut due = sends(&tick(&mut l, t1));
+    due.sort_unstable();
+    assert_eq!(due, vec![(a, 1), (b, 1), (c, 0)]);
+    l.on_submitted(c, 0, &[addr(1)], t1);
+    l.on_send_outcome(c, 0, addr(1), OutcomeKind::Sent);
+    assert_eq!(
+        l.take_first_sends().collect::<Vec<_>>(),
+        vec![(c, FirstSendDone::Sent)]
+    );
+    assert!(!l.first_sends_pending());
 }
