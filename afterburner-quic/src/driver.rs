@@ -85,6 +85,7 @@ enum Command {
     Batch(Vec<Submission>),
     Prewarm(SocketAddr),
     Inspect(SocketAddr, Sender<Option<ConnectionInfo>>),
+    SetIdentity(Box<Identity>, Sender<Result<(), EngineError>>),
     Shutdown,
 }
 
@@ -274,6 +275,27 @@ impl EngineHandle {
             .ok()?;
         self.waker.wake_if_sleeping();
         answer.recv_timeout(Duration::from_secs(1)).ok().flatten()
+    }
+
+    /// Presents `identity` from now on (see [`Engine::set_identity`]): new
+    /// connections carry its certificate, open ones are replaced and what they held
+    /// goes out on the new ones. Waits up to 2 s for the engine thread.
+    ///
+    /// # Errors
+    /// The identity's TLS context cannot be built (the old identity stays), or the
+    /// engine thread is stopped or did not answer in time.
+    pub fn set_identity(&self, identity: Identity) -> Result<(), EngineError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.commands
+            .send_timeout(
+                Command::SetIdentity(Box::new(identity), reply),
+                Duration::from_secs(1),
+            )
+            .map_err(|_| EngineError::Unavailable("its queue did not take the request"))?;
+        self.waker.wake_if_sleeping();
+        answer
+            .recv_timeout(Duration::from_secs(1))
+            .map_err(|_| EngineError::Unavailable("no answer within 1 s"))?
     }
 
     /// The engine's counters.
@@ -507,6 +529,9 @@ impl<I: PacketIo, S: OutcomeSink> Driver<I, S> {
             }
             Command::Inspect(target, reply) => {
                 let _ = reply.try_send(self.engine.connection_info(target));
+            }
+            Command::SetIdentity(identity, reply) => {
+                let _ = reply.try_send(self.engine.set_identity(&identity, now));
             }
             Command::Shutdown => {}
         }

@@ -20,6 +20,11 @@ pub struct Config {
     /// On SIGTERM/SIGINT, `/ready` answers 503 this long before the drain starts
     /// (still accepting meanwhile), so load balancers stop routing here first.
     pub shutdown_unready_ms: u64,
+    /// How often the `identity` file is looked at for a change (a rewrite or a
+    /// symlink swap switches to it); 0: only on SIGHUP or the admin socket.
+    pub identity_watch_ms: u64,
+    /// The admin socket.
+    pub admin: AdminSection,
     /// JSON-RPC / HTTP ingress.
     pub rpc: RpcSection,
     /// Prometheus endpoint.
@@ -226,6 +231,16 @@ pub enum PathKind {
     Xdp,
 }
 
+/// `[admin]`: a JSON-RPC on a unix socket, off the public listeners
+/// (`getIdentity`, `setIdentity`, `setIdentityFromBytes`, `resetIdentity`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// The socket's path (created mode 0600; peers of another user than ours or
+    /// root are refused); unset: no admin socket.
+    pub socket: Option<PathBuf>,
+}
+
 /// `[engine]`
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -313,6 +328,8 @@ impl Default for Config {
             identity: None,
             shutdown_deadline_ms: 5_000,
             shutdown_unready_ms: 0,
+            identity_watch_ms: 1_000,
+            admin: AdminSection::default(),
             rpc: RpcSection::default(),
             metrics: MetricsSection::default(),
             cluster: ClusterSection::default(),

@@ -8,6 +8,8 @@
 //! for in Prometheus metrics.
 //!
 //! - [`config`]: TOML + environment + flags.
+//! - [`identity`]: the identity presented to leaders and how it changes while
+//!   running (file watch, SIGHUP, admin socket).
 //! - [`rpc`], [`validate`], [`http`]: the ingress.
 //! - [`upstream`], [`websocket`]: drop-in RPC, the allow-listed read methods
 //!   answered by the cluster RPC, and subscriptions proxied to its websocket.
@@ -22,6 +24,7 @@
 pub mod config;
 pub mod dedup;
 pub mod http;
+pub mod identity;
 pub mod leader_book;
 pub mod leaders;
 pub mod ledger;
@@ -66,6 +69,7 @@ pub struct Gateway {
     deadline: Duration,
     unready: Duration,
     fatal: watch::Receiver<Option<String>>,
+    identity_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -172,7 +176,9 @@ impl Gateway {
             ..EngineConfig::default()
         };
         let (outcome_tx, outcomes) = service::outcome_channel();
-        let identity = Arc::new(identity);
+        let shared_identity: identity::SharedIdentity =
+            Arc::new(arc_swap::ArcSwap::from_pointee(identity));
+        let identity = shared_identity.load_full();
         let engine = EngineHandle::spawn(
             engine_config.clone(),
             &identity,
@@ -188,18 +194,23 @@ impl Gateway {
             )
             .context("metrics")?;
         metrics.engine_up.set(1);
+        metrics
+            .identity_info
+            .with_label_values(&[identity.pubkey().to_string().as_str()])
+            .set(1);
         // A restart reopens the packet path (AF_XDP falls back to kernel UDP as
         // configured) and counts into the same engine counters.
         let start_engine: service::StartEngine = {
             let stats = engine.stats().clone();
             let metrics = metrics.clone();
-            let identity = identity.clone();
+            // The identity presented now (it may have been switched since start).
+            let identity = shared_identity.clone();
             Box::new(move || {
                 let io = AnyIo::open(&path).context("reopening the packet path")?;
                 metrics.xdp_source.store(io.xdp_stats());
                 EngineHandle::spawn_with_stats(
                     engine_config.clone(),
-                    &identity,
+                    &identity.load(),
                     io,
                     service::outcome_sink(outcome_tx.clone()),
                     stats.clone(),
@@ -238,6 +249,7 @@ impl Gateway {
             metrics,
             preflight,
             engine.submitter(),
+            shared_identity,
             upstream::Upstream::new(
                 rpc_client.clone(),
                 &config.rpc.forward_methods,
@@ -287,6 +299,25 @@ impl Gateway {
         } else {
             None
         };
+        if let (Some(path), true) = (&config.identity, config.identity_watch_ms > 0) {
+            tasks.push(tokio::spawn(identity::watch_file(
+                service.clone(),
+                path.clone(),
+                Duration::from_millis(config.identity_watch_ms),
+                stop_rx.clone(),
+            )));
+        }
+        if let Some(socket) = &config.admin.socket {
+            tasks.push(
+                identity::serve_admin(
+                    service.clone(),
+                    socket,
+                    config.identity.clone(),
+                    stop_rx.clone(),
+                )
+                .with_context(|| format!("admin.socket {}", socket.display()))?,
+            );
+        }
         tracing::info!(%rpc_addr, %metrics_addr, ?ws_addr, "tpu-gateway listening");
         Ok(Self {
             rpc_addr,
@@ -300,7 +331,25 @@ impl Gateway {
             deadline,
             unready: Duration::from_millis(config.shutdown_unready_ms),
             fatal,
+            identity_file: config.identity.clone(),
         })
+    }
+
+    /// Re-reads the configured identity file and switches to it (SIGHUP). Returns
+    /// the identity now presented.
+    ///
+    /// # Errors
+    /// No identity file configured, not a keypair (the old identity stays), or the
+    /// switch failed.
+    pub async fn reload_identity(&self) -> Result<String, String> {
+        let Some(path) = &self.identity_file else {
+            return Err("no identity file is configured".into());
+        };
+        let result = identity::reload(&self.service, path, identity::Source::Sighup).await;
+        if result.is_err() {
+            self.service.count_identity_error(identity::Source::Sighup);
+        }
+        result
     }
 
     /// Resolves when the gateway cannot go on (`engine.on_failure = "exit"`, or

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
 use tpu_gateway::{Gateway, config::Config};
 
 /// Afterburner's transaction gateway.
@@ -59,12 +60,19 @@ fn main() -> Result<()> {
         .context("tokio runtime")?;
     runtime.block_on(async move {
         let mut gateway = Gateway::start(config).await?;
-        let failed = tokio::select! {
-            signal = wait_for_signal() => {
-                signal?;
-                None
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let failed = loop {
+            tokio::select! {
+                signal = wait_for_signal() => {
+                    signal?;
+                    break None;
+                }
+                why = gateway.failed() => break Some(why),
+                _ = hup.recv() => match gateway.reload_identity().await {
+                    Ok(identity) => tracing::info!(%identity, "SIGHUP: identity reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: identity not reloaded; keeping the current one"),
+                },
             }
-            why = gateway.failed() => Some(why),
         };
         tracing::info!("shutting down");
         gateway.shutdown().await;
@@ -78,7 +86,6 @@ fn main() -> Result<()> {
 }
 
 async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     tokio::select! {

@@ -240,6 +240,13 @@ pub struct Metrics {
     pub leader_refusals: IntCounterVec,
     /// Leaders refusing our identity's connection now (`too_many`).
     pub leaders_refusing: IntGauge,
+    /// 1 for the identity presented now, by public key.
+    pub identity_info: IntGaugeVec,
+    /// Identity switches, by what asked (`file`, `sighup`, `admin`).
+    pub identity_switches: IntCounterVec,
+    /// Refused identity changes (not a keypair, unreadable, the engine did not
+    /// take it), by what asked.
+    pub identity_errors: IntCounterVec,
     /// Engine threads that ended on their own (an I/O error, a panic), by what the
     /// gateway did about it.
     pub engine_failures: IntCounterVec,
@@ -355,6 +362,23 @@ impl Metrics {
                 "Connections a leader closed with code 4 (too_many): its connections for our identity are taken by another sender presenting it",
                 &["leader"],
             )?,
+            identity_info: IntGaugeVec::new(
+                Opts::new(
+                    "afterburner_identity_info",
+                    "1 for the identity (public key) presented to leaders now",
+                ),
+                &["pubkey"],
+            )?,
+            identity_switches: counter_vec(
+                "afterburner_identity_switches_total",
+                "Identity switches while running, by what asked: file (the watched keypair file changed), sighup, admin (the admin socket)",
+                &["source"],
+            )?,
+            identity_errors: counter_vec(
+                "afterburner_identity_errors_total",
+                "Refused identity changes (not a keypair, unreadable, the engine did not take it); the old identity stays",
+                &["source"],
+            )?,
             leaders_refusing: IntGauge::new(
                 "afterburner_leaders_refusing",
                 "Leaders refusing our identity's connection now (too_many within the last 15 s, nothing written to them since)",
@@ -405,6 +429,9 @@ impl Metrics {
             Box::new(m.engine_up.clone()),
             Box::new(m.leader_refusals.clone()),
             Box::new(m.leaders_refusing.clone()),
+            Box::new(m.identity_info.clone()),
+            Box::new(m.identity_switches.clone()),
+            Box::new(m.identity_errors.clone()),
             Box::new(m.engine_failures.clone()),
             Box::new(build),
         ] {
@@ -424,6 +451,10 @@ impl Metrics {
         // from the start, so the family is exported (and rates work) before the
         // first refusal.
         m.leader_refusals.with_label_values(&["other"]);
+        for s in crate::identity::Source::iter() {
+            m.identity_switches.with_label_values(&[s.label()]);
+            m.identity_errors.with_label_values(&[s.label()]);
+        }
         m.sends.with_label_values(&["sent"]);
         for s in retire_states() {
             m.retired.with_label_values(&[s]);

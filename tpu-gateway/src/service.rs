@@ -16,18 +16,25 @@ use std::{
 };
 
 use afterburner_quic::{
-    Availability, DropReason, EngineHandle, EngineSubmitter, Outcome, OutcomeKind, Submission,
+    Availability, DropReason, EngineHandle, EngineSubmitter, Identity, Outcome, OutcomeKind,
+    Submission,
 };
 use arc_swap::ArcSwap;
 use prometheus::IntCounter;
 use serde_json::{Value, json};
 use solana_commitment_config::CommitmentConfig;
-use solana_sdk::{hash::Hash, pubkey::Pubkey, signature::Signature};
+use solana_sdk::{
+    hash::Hash,
+    pubkey::Pubkey,
+    signature::{Keypair, Signature},
+    signer::Signer as _,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
 use crate::{
     config::OnEngineFailure,
     dedup::Dedup,
+    identity::{self, SharedIdentity},
     leader_book::LeaderBook,
     leaders::LeaderSource,
     ledger::{
@@ -226,6 +233,12 @@ pub enum Query {
     Lifecycle(Signature, oneshot::Sender<Option<Value>>),
     /// The upcoming leaders, our connections to them and their records.
     Leaders(oneshot::Sender<Value>),
+    /// Present this keypair from now on (asked by `source`).
+    SetIdentity(
+        Box<Keypair>,
+        identity::Source,
+        oneshot::Sender<Result<Pubkey, String>>,
+    ),
 }
 
 /// What the forwarder takes in: admitted transactions and questions.
@@ -245,6 +258,8 @@ pub struct Service {
     queries: mpsc::Sender<Query>,
     events: broadcast::Sender<Arc<Event>>,
     engine: Arc<EngineView>,
+    /// The identity presented to leaders (the forwarder switches it).
+    identity: SharedIdentity,
     /// Leaders refusing our identity's connection (`too_many`), kept by the
     /// forwarder.
     refusing: Arc<ArcSwap<HashSet<SocketAddr>>>,
@@ -277,6 +292,7 @@ impl Service {
         metrics: Metrics,
         preflight: Preflight,
         engine: EngineSubmitter,
+        identity: SharedIdentity,
         upstream: Option<Upstream>,
     ) -> (Arc<Self>, Intake) {
         let (queue, admitted) = mpsc::channel(config.queue.max(1));
@@ -290,6 +306,7 @@ impl Service {
                 queries,
                 events,
                 engine: Arc::new(EngineView::new(engine)),
+                identity,
                 refusing: Arc::default(),
                 room: Arc::new(Semaphore::new(config.max_tracked.max(1))),
                 dedup,
@@ -376,6 +393,36 @@ impl Service {
                 })
             })
             .collect()
+    }
+
+    /// The identity presented to leaders now.
+    pub fn identity(&self) -> Pubkey {
+        self.identity.load().pubkey()
+    }
+
+    /// Presents `keypair` from now on: new connections carry it at once, open
+    /// ones are replaced and what they held goes out on the new ones (no tracked
+    /// transaction is lost). Returns the new public key.
+    ///
+    /// # Errors
+    /// The engine did not take it (the old identity stays), or the forwarder is
+    /// busy or stopped.
+    pub async fn set_identity(
+        &self,
+        keypair: Keypair,
+        source: identity::Source,
+    ) -> Result<Pubkey, String> {
+        self.ask(|reply| Query::SetIdentity(Box::new(keypair), source, reply))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// Counts a refused identity change from `source`.
+    pub fn count_identity_error(&self, source: identity::Source) {
+        self.metrics
+            .identity_errors
+            .with_label_values(&[source.label()])
+            .inc();
     }
 
     /// Shutdown begins: `/ready` answers 503 while sends are still accepted (load
@@ -686,6 +733,7 @@ pub struct Forwarder {
     outcomes: OutcomeReceiver,
     engine: Option<EngineHandle>,
     view: Arc<EngineView>,
+    identity: SharedIdentity,
     refusals: Refusals,
     refusing: Arc<ArcSwap<HashSet<SocketAddr>>>,
     supervisor: Option<Supervisor>,
@@ -760,6 +808,7 @@ impl Forwarder {
             outcomes,
             engine: Some(engine),
             view: service.engine.clone(),
+            identity: service.identity.clone(),
             refusals: Refusals::default(),
             refusing: service.refusing.clone(),
             supervisor: None,
@@ -972,8 +1021,56 @@ impl Forwarder {
         }
     }
 
-    fn answer(&self, q: Query) {
+    /// Switches the identity (see [`Service::set_identity`]).
+    fn switch_identity(
+        &mut self,
+        keypair: Keypair,
+        source: identity::Source,
+    ) -> Result<Pubkey, String> {
+        let new = keypair.pubkey();
+        let old = self.identity.load().pubkey();
+        if new == old {
+            return Ok(new);
+        }
+        if let Some(engine) = &self.engine {
+            // Waits on the engine thread (briefly): not on a one-thread runtime.
+            let can_wait = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            if !can_wait {
+                return Err("switching the identity needs a multi-threaded runtime".into());
+            }
+            let for_engine = Identity::from_keypair(keypair.insecure_clone());
+            tokio::task::block_in_place(|| engine.set_identity(for_engine))
+                .map_err(|e| format!("the engine did not take the new identity: {e}"))?;
+        }
+        // With no engine running, the next restart presents it.
+        self.identity
+            .store(Arc::new(Identity::from_keypair(keypair)));
+        self.config.identity = Some(new);
+        let m = &self.metrics;
+        m.identity_info.reset();
+        m.identity_info
+            .with_label_values(&[new.to_string().as_str()])
+            .set(1);
+        m.identity_switches
+            .with_label_values(&[source.label()])
+            .inc();
+        tracing::info!(%old, %new, source = source.label(), "identity switched");
+        Ok(new)
+    }
+
+    fn answer(&mut self, q: Query) {
         match q {
+            Query::SetIdentity(keypair, source, reply) => {
+                let result = self.switch_identity(*keypair, source);
+                if result.is_err() {
+                    self.metrics
+                        .identity_errors
+                        .with_label_values(&[source.label()])
+                        .inc();
+                }
+                let _ = reply.send(result);
+            }
             Query::Lifecycle(signature, reply) => {
                 let now = Instant::now();
                 let record = self
@@ -1578,6 +1675,7 @@ mod tests {
             Metrics::new().expect("metrics"),
             Preflight::Refuse,
             engine.submitter(),
+            Arc::new(ArcSwap::from_pointee(Identity::random())),
             None,
         )
     }

@@ -236,6 +236,101 @@ fn sigterm_under_load_exits_cleanly_and_accounts_for_everything() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// SIGHUP re-reads the identity file (with the file watch off): the binary starts
+/// with an unstaked keypair, the file is rewritten with the staked one, and after
+/// SIGHUP agave's server sees our packets as staked; the switch is logged.
+#[test]
+fn sighup_reloads_the_identity_file() {
+    let dir = temp_dir("sighup");
+    let (_, id_path) = keypair_file(&dir);
+    let staked = Keypair::new();
+    let server = support::AgaveServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &[(staked.pubkey(), 1_000_000)],
+    );
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cfg = dir.join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "identity = \"{}\"\nidentity_watch_ms = 0\n[rpc]\nlisten = \"127.0.0.1:{port}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n[cluster]\nstatic_leaders = [\"{}\"]\n\
+             [validation]\npreflight = \"refuse\"\n[packet_path]\nbind = \"127.0.0.1:0\"\n",
+            id_path.display(),
+            server.addr
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(l);
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}/");
+    let client = reqwest::blocking_client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get(format!("http://127.0.0.1:{port}/ready")) != Some(200) {
+        assert!(Instant::now() < deadline, "gateway not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let payer = Keypair::new();
+    let send = |i: u64| {
+        let ix = system_instruction::transfer(&payer.pubkey(), &Pubkey::new_unique(), 1 + i);
+        let tx = Transaction::new_signed_with_payer(
+            &[ix],
+            Some(&payer.pubkey()),
+            &[&payer],
+            Hash::new_unique(),
+        );
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "sendTransaction",
+            "params": [bs58::encode(bincode::serialize(&tx).unwrap()).into_string(), {"skipPreflight": true}]});
+        let v = client.post_json(&url, &body.to_string()).unwrap();
+        assert!(v.get("result").is_some(), "{v}");
+    };
+    send(0);
+    assert_eq!(server.wait_for(1, Duration::from_secs(10)), 1);
+    assert!(!server.delivered()[0].staked, "starts unstaked");
+
+    solana_sdk::signer::keypair::write_keypair_file(&staked, &id_path).unwrap();
+    // The watch is off: nothing changes until SIGHUP.
+    std::thread::sleep(Duration::from_millis(300));
+    send(1);
+    assert_eq!(server.wait_for(2, Duration::from_secs(10)), 2);
+    assert!(!server.delivered()[1].staked, "no switch without SIGHUP");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log: Vec<String> = lines.try_iter().collect();
+        if let Some(l) = log.iter().find(|l| l.contains("SIGHUP: identity reloaded")) {
+            break l.clone();
+        }
+        assert!(Instant::now() < deadline, "no reload logged");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(log.contains(&staked.pubkey().to_string()), "{log}");
+    send(2);
+    assert_eq!(server.wait_for(3, Duration::from_secs(10)), 3);
+    assert!(server.delivered()[2].staked, "staked after SIGHUP");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A tiny blocking HTTP client over reqwest's async one (no extra features needed).
 mod reqwest {
     pub struct Blocking {

@@ -975,7 +975,236 @@ async fn a_shared_identity_over_the_leaders_limit_is_reported_and_refused() {
         );
         assert_eq!(s.server.delivered_count(), 1, "only the other sender's");
         assert_accounted(&s.gateway).await;
+        // What an operator sees.
+        let text = reqwest::get(format!("http://{}/metrics", s.gateway.metrics_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in text.lines().filter(|l| {
+            !l.starts_with('#')
+                && (l.starts_with("afterburner_leader_refusals_total")
+                    || l.starts_with("afterburner_leaders_refusing")
+                    || l.contains("closed_too_many"))
+        }) {
+            println!("{line}");
+        }
+        println!("/ready: {body}");
+        println!("sendTransaction: {v}");
         s.gateway.shutdown().await;
         other.shutdown().unwrap();
     }
+}
+
+/// One admin JSON-RPC call over the unix socket (a line out, a line back).
+async fn admin(socket: &std::path::Path, method: &str, params: Value) -> Value {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let line = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
+    write
+        .write_all(format!("{line}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap()
+}
+
+/// Identity hot-swap against agave's TPU server. The gateway starts unstaked (its
+/// identity file a symlink to an unstaked keypair) while transactions flow; the
+/// symlink is swapped to the staked keypair; after the switch every packet the
+/// server sees is staked, and no transaction is lost or sent twice in the
+/// accounting. Then the admin socket (mode 0600): getIdentity, a bad keypair
+/// refused with the old identity kept, setIdentity to another file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_hot_swap_by_file_symlink_and_admin_socket() {
+    let staked = Keypair::new();
+    let unstaked = Keypair::new();
+    let server = AgaveServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &[(staked.pubkey(), 1_000_000)],
+    );
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "tpu-gateway-identity-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    )));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let staked_file = dir.0.join("staked.json");
+    let unstaked_file = dir.0.join("unstaked.json");
+    solana_sdk::signer::keypair::write_keypair_file(&staked, &staked_file).unwrap();
+    solana_sdk::signer::keypair::write_keypair_file(&unstaked, &unstaked_file).unwrap();
+    let identity = dir.0.join("identity.json");
+    std::os::unix::fs::symlink(&unstaked_file, &identity).unwrap();
+    let socket = dir.0.join("admin.sock");
+    let text = format!(
+        "identity = \"{}\"\nidentity_watch_ms = 100\n[admin]\nsocket = \"{}\"\n\
+         [rpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [cluster]\nstatic_leaders = [\"{}\"]\n[validation]\npreflight = \"refuse\"\n\
+         [packet_path]\nbind = \"127.0.0.1:0\"\n",
+        identity.display(),
+        socket.display(),
+        server.addr
+    );
+    let gateway = Gateway::start(Config::from_toml(&text, []).unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", gateway.rpc_addr);
+    let payer = Keypair::new();
+    let mut wires = Vec::new();
+    let send = async |lamports: u64| -> Vec<u8> {
+        let tx = transfer(&payer, lamports);
+        let wire = bincode::serialize(&tx).unwrap();
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "sendTransaction",
+                          "params": [bs58::encode(&wire).into_string(), {"skipPreflight": true}]});
+        let (_, v) = post(&format!("{base}/"), body.to_string(), "application/json").await;
+        assert!(v["result"].is_string(), "{v}");
+        wire
+    };
+    for i in 0..20 {
+        wires.push(send(i + 1).await);
+    }
+    assert_eq!(server.wait_for(20, Duration::from_secs(10)), 20);
+    assert!(
+        server.delivered().iter().all(|d| !d.staked),
+        "unstaked first"
+    );
+
+    // The swap, as operators do it: a new symlink renamed over the old one, while
+    // transactions keep coming.
+    let next = dir.0.join("identity.json.next");
+    std::os::unix::fs::symlink(&staked_file, &next).unwrap();
+    std::fs::rename(&next, &identity).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut i = 20;
+    while metric(
+        &gateway,
+        "afterburner_identity_switches_total{source=\"file\"}",
+    )
+    .await
+        < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no switch within 10 s"
+        );
+        i += 1;
+        wires.push(send(i).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..20 {
+        i += 1;
+        wires.push(send(i).await);
+    }
+    let total = wires.len();
+    server.wait_for(total, Duration::from_secs(10));
+    let delivered = server.delivered();
+    let distinct: std::collections::HashSet<&Vec<u8>> = delivered.iter().map(|d| &d.data).collect();
+    assert_eq!(distinct.len(), total, "every transaction delivered");
+    assert!(wires.iter().all(|w| distinct.contains(w)), "byte-identical");
+    let first_staked = delivered
+        .iter()
+        .position(|d| d.staked)
+        .expect("staked after the swap");
+    assert!(
+        delivered[first_staked..].iter().all(|d| d.staked),
+        "nothing unstaked after the first staked packet"
+    );
+    assert!(
+        delivered[delivered.len() - 20..].iter().all(|d| d.staked),
+        "the last 20 (sent after the switch) are staked"
+    );
+    println!(
+        "identity swap: {total} transactions, {} deliveries ({} unstaked before the swap, {} staked after)",
+        delivered.len(),
+        first_staked,
+        delivered.len() - first_staked
+    );
+    assert_accounted(&gateway).await;
+    assert_eq!(
+        metric(&gateway, "afterburner_transactions_dropped_total").await,
+        0.0
+    );
+    assert_eq!(
+        metric(&gateway, "afterburner_transactions_accepted_total").await,
+        total as f64
+    );
+    assert_eq!(
+        metric(
+            &gateway,
+            &format!(
+                "afterburner_identity_info{{pubkey=\"{}\"}}",
+                staked.pubkey()
+            )
+        )
+        .await,
+        1.0
+    );
+
+    // The admin socket.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "admin socket mode {mode:o}");
+    let v = admin(&socket, "getIdentity", json!([])).await;
+    assert_eq!(v["result"]["identity"], staked.pubkey().to_string(), "{v}");
+    let v = admin(&socket, "setIdentityFromBytes", json!([vec![7u8; 63]])).await;
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("63 bytes"),
+        "{v}"
+    );
+    let not_a_keypair = dir.0.join("not-a-keypair.json");
+    std::fs::write(&not_a_keypair, "{}").unwrap();
+    let v = admin(
+        &socket,
+        "setIdentity",
+        json!([not_a_keypair.display().to_string()]),
+    )
+    .await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a keypair"),
+        "{v}"
+    );
+    let v = admin(&socket, "getIdentity", json!([])).await;
+    assert_eq!(
+        v["result"]["identity"],
+        staked.pubkey().to_string(),
+        "old identity kept: {v}"
+    );
+    assert!(
+        metric(
+            &gateway,
+            "afterburner_identity_errors_total{source=\"admin\"}"
+        )
+        .await
+            >= 2.0
+    );
+    let v = admin(
+        &socket,
+        "setIdentityFromBytes",
+        json!([unstaked.to_bytes().to_vec()]),
+    )
+    .await;
+    assert_eq!(
+        v["result"]["identity"],
+        unstaked.pubkey().to_string(),
+        "{v}"
+    );
+    let _ = send(9_999).await;
+    assert_eq!(
+        server.wait_for(delivered.len() + 1, Duration::from_secs(10)),
+        delivered.len() + 1
+    );
+    assert!(!server.delivered().last().unwrap().staked, "unstaked again");
+    let v = admin(&socket, "resetIdentity", json!([])).await;
+    assert_eq!(
+        v["result"]["identity"],
+        staked.pubkey().to_string(),
+        "back to the file: {v}"
+    );
+    assert_accounted(&gateway).await;
+    gateway.shutdown().await;
 }

@@ -54,6 +54,9 @@ pub enum EngineError {
     /// The configuration is inconsistent.
     #[error("invalid engine configuration: {0}")]
     Config(&'static str),
+    /// The engine thread did not take the request (stopped, or busy past the wait).
+    #[error("the engine thread did not answer: {0}")]
+    Unavailable(&'static str),
 }
 
 /// Streams written per connection before the datagrams built so far are handed out.
@@ -126,25 +129,7 @@ impl Engine {
                 "max_udp_payload must be in 1200..=1500",
             ));
         }
-        let mut quic = quiche::Config::with_boring_ssl_ctx_builder(
-            quiche::PROTOCOL_VERSION,
-            identity.tls_context()?,
-        )?;
-        quic.set_application_protos(&[ALPN_TPU])?;
-        // Servers present self-signed identity certificates; nothing to verify against.
-        quic.verify_peer(false);
-        quic.set_max_idle_timeout(config.idle_timeout.as_millis() as u64);
-        quic.set_max_recv_udp_payload_size(MAX_DATAGRAM);
-        quic.set_max_send_udp_payload_size(config.max_udp_payload);
-        // We only send: the server may open no streams and send no stream data.
-        quic.set_initial_max_data(0);
-        quic.set_initial_max_streams_bidi(0);
-        quic.set_initial_max_streams_uni(0);
-        quic.set_disable_active_migration(true);
-        // Pacing only yields send-time hints we do not use.
-        quic.enable_pacing(false);
-        quic.set_initial_congestion_window_packets(config.initial_congestion_window_packets);
-        quic.enable_hystart(config.hystart);
+        let quic = quic_config(&config, identity)?;
         Ok(Self {
             config,
             quic,
@@ -178,6 +163,45 @@ impl Engine {
     /// outcome is reported through [`Self::drain_outcomes`], possibly at once.
     pub fn submit(&mut self, id: u64, payload: Arc<[u8]>, target: SocketAddr, now: Instant) {
         EngineStats::add(&self.stats.submitted, 1);
+        self.enqueue(id, payload, target, now);
+    }
+
+    /// Presents `identity` from now on. New connections carry its certificate at
+    /// once; every open connection is closed (application code 0, "identity
+    /// changed") and what it held moves, in order, to a new connection to the same
+    /// leader, so no transaction is lost (one whose stream was partly written is
+    /// written again whole: a leader may see it twice, which it deduplicates).
+    /// Backoff is forgotten: a leader that refused the old identity may take the
+    /// new one.
+    ///
+    /// # Errors
+    /// The new identity's TLS context cannot be built; the old one stays.
+    pub fn set_identity(&mut self, identity: &Identity, now: Instant) -> Result<(), EngineError> {
+        self.quic = quic_config(&self.config, identity)?;
+        self.backoff = Backoffs::default();
+        let open: Vec<(usize, SocketAddr)> = (0..self.table.slot_count())
+            .filter_map(|idx| {
+                let c = self.table.get(idx)?;
+                (c.state != State::Closing).then_some((idx, c.peer))
+            })
+            .collect();
+        for (idx, peer) in open {
+            let held = match self.table.get_mut(idx) {
+                Some(conn) => {
+                    self.queued -= conn.queue.len();
+                    conn.take_held()
+                }
+                None => continue,
+            };
+            self.close_locally(idx, DropReason::Shutdown, b"identity changed");
+            for tx in held {
+                self.enqueue(tx.id, tx.payload, peer, now);
+            }
+        }
+        Ok(())
+    }
+
+    fn enqueue(&mut self, id: u64, payload: Arc<[u8]>, target: SocketAddr, now: Instant) {
         if let Some(reason) = check_payload(&payload) {
             self.drop_tx(id, target, reason);
             return;
@@ -512,4 +536,28 @@ impl Engine {
             self.dirty.push_back(idx);
         }
     }
+}
+
+/// The quiche configuration of a client presenting `identity`.
+fn quic_config(config: &EngineConfig, identity: &Identity) -> Result<quiche::Config, EngineError> {
+    let mut quic = quiche::Config::with_boring_ssl_ctx_builder(
+        quiche::PROTOCOL_VERSION,
+        identity.tls_context()?,
+    )?;
+    quic.set_application_protos(&[ALPN_TPU])?;
+    // Servers present self-signed identity certificates; nothing to verify against.
+    quic.verify_peer(false);
+    quic.set_max_idle_timeout(config.idle_timeout.as_millis() as u64);
+    quic.set_max_recv_udp_payload_size(MAX_DATAGRAM);
+    quic.set_max_send_udp_payload_size(config.max_udp_payload);
+    // We only send: the server may open no streams and send no stream data.
+    quic.set_initial_max_data(0);
+    quic.set_initial_max_streams_bidi(0);
+    quic.set_initial_max_streams_uni(0);
+    quic.set_disable_active_migration(true);
+    // Pacing only yields send-time hints we do not use.
+    quic.enable_pacing(false);
+    quic.set_initial_congestion_window_packets(config.initial_congestion_window_packets);
+    quic.enable_hystart(config.hystart);
+    Ok(quic)
 }
