@@ -1,7 +1,7 @@
 //! Test support shared by the workspace's tests, benchmarks and `./x netns`: agave's
 //! real TPU QUIC server in-process ([`agave`]), payloads and signed transfers
-//! ([`txs`]), and the two-namespace veth topology the root-only tests run in
-//! ([`netns`]).
+//! ([`txs`]), the two-namespace veth topology the root-only tests run in
+//! ([`netns`]), and the gateway's lifecycle event stream read back ([`sse`]).
 //!
 //! The default feature `agave` brings the agave server and the transaction
 //! generators (solana-streamer, solana-sdk); without it only [`netns`] and
@@ -15,6 +15,7 @@
 #[cfg(feature = "agave")]
 pub mod agave;
 pub mod netns;
+pub mod sse;
 #[cfg(feature = "agave")]
 pub mod txs;
 

@@ -112,14 +112,16 @@ fn unknown_keys_and_bad_keypair_paths_are_named() {
 /// is queued, exits 0 within the deadline, and its final accounting balances
 /// (accepted = sent + dropped, nothing in flight) and covers every transaction a
 /// client was told was accepted.
-#[test]
-fn sigterm_under_load_exits_cleanly_and_accounts_for_everything() {
-    let dir = temp_dir("sigterm");
-    let (identity, id_path) = keypair_file(&dir);
-    let server = support::AgaveServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &[(identity.pubkey(), 1_000_000)],
-    );
+/// The binary, started with its JSON-RPC on a free port, `static_leaders` =
+/// `leader`, `identity` and `extra` top-level keys; its stdout comes back line by
+/// line. Returns once `/ready` answers 200.
+struct Running {
+    child: std::process::Child,
+    port: u16,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+fn start_binary(dir: &Path, identity: &Path, leader: std::net::SocketAddr, extra: &str) -> Running {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -128,11 +130,10 @@ fn sigterm_under_load_exits_cleanly_and_accounts_for_everything() {
     std::fs::write(
         &cfg,
         format!(
-            "identity = \"{}\"\nshutdown_deadline_ms = 2000\n[rpc]\nlisten = \"127.0.0.1:{port}\"\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n[cluster]\nstatic_leaders = [\"{}\"]\n\
+            "identity = \"{}\"\n{extra}[rpc]\nlisten = \"127.0.0.1:{port}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n[cluster]\nstatic_leaders = [\"{leader}\"]\n\
              [validation]\npreflight = \"refuse\"\n[packet_path]\nbind = \"127.0.0.1:0\"\n",
-            id_path.display(),
-            server.addr
+            identity.display(),
         ),
     )
     .unwrap();
@@ -151,13 +152,29 @@ fn sigterm_under_load_exits_cleanly_and_accounts_for_everything() {
             let _ = lines_tx.send(l);
         }
     });
-    let url = format!("http://127.0.0.1:{port}/");
     let client = reqwest::blocking_client();
     let deadline = Instant::now() + Duration::from_secs(10);
     while client.get(format!("http://127.0.0.1:{port}/ready")) != Some(200) {
         assert!(Instant::now() < deadline, "gateway not ready");
         std::thread::sleep(Duration::from_millis(50));
     }
+    Running { child, port, lines }
+}
+
+#[test]
+fn sigterm_under_load_exits_cleanly_and_accounts_for_everything() {
+    let dir = temp_dir("sigterm");
+    let (identity, id_path) = keypair_file(&dir);
+    let server = support::AgaveServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &[(identity.pubkey(), 1_000_000)],
+    );
+    let Running {
+        mut child,
+        port,
+        lines,
+    } = start_binary(&dir, &id_path, server.addr, "shutdown_deadline_ms = 2000\n");
+    let url = format!("http://127.0.0.1:{port}/");
     // Load: senders until the process goes away.
     let payer = Keypair::new();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -248,44 +265,13 @@ fn sighup_reloads_the_identity_file() {
         "127.0.0.1:0".parse().unwrap(),
         &[(staked.pubkey(), 1_000_000)],
     );
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let cfg = dir.join("gw.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "identity = \"{}\"\nidentity_watch_ms = 0\n[rpc]\nlisten = \"127.0.0.1:{port}\"\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n[cluster]\nstatic_leaders = [\"{}\"]\n\
-             [validation]\npreflight = \"refuse\"\n[packet_path]\nbind = \"127.0.0.1:0\"\n",
-            id_path.display(),
-            server.addr
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(l);
-        }
-    });
+    let Running {
+        mut child,
+        port,
+        lines,
+    } = start_binary(&dir, &id_path, server.addr, "identity_watch_ms = 0\n");
     let url = format!("http://127.0.0.1:{port}/");
     let client = reqwest::blocking_client();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.get(format!("http://127.0.0.1:{port}/ready")) != Some(200) {
-        assert!(Instant::now() < deadline, "gateway not ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let payer = Keypair::new();
     let send = |i: u64| {
         let ix = system_instruction::transfer(&payer.pubkey(), &Pubkey::new_unique(), 1 + i);

@@ -637,14 +637,7 @@ async fn lifecycle_of_an_accepted_transaction() {
             .unwrap()
             .expect("the stream stays open");
         text.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = text.find("\n\n") {
-            let block: String = text.drain(..end + 2).collect();
-            for line in block.lines() {
-                if let Some(data) = line.strip_prefix("data:") {
-                    seen.push(serde_json::from_str(data.trim()).unwrap());
-                }
-            }
-        }
+        seen.extend(afterburner_test_support::sse::take_events(&mut text));
     }
     let kinds: Vec<&str> = seen.iter().filter_map(|e| e["event"].as_str()).collect();
     assert_eq!(

@@ -14,7 +14,7 @@
 //! - `bench-xdp [--txs N] [--pairs P] [--raw N] [--no-rps]` ([`bench_xdp`], root): raw
 //!   AF_XDP vs our engine over AF_XDP vs over kernel UDP vs `tpu-client-next`, on a
 //!   veth pair between two network namespaces.
-//! - `bench-gateway [--rounds N]` ([`bench_gateway`]): the gateway's ingress vs an
+//! - `bench-gateway [--rounds N] [--baseline REV]` ([`bench_gateway`]): the gateway's ingress vs an
 //!   axum no-op (wrk), and its latency.
 //! - `ebpf [--check]` ([`ebpf`]): rebuild the checked-in XDP object (nightly +
 //!   bpf-linker); `--check`: fail if it differs from what the source builds to.

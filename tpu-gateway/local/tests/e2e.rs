@@ -226,14 +226,7 @@ async fn events_until_ended(mut events: reqwest::Response) -> Vec<serde_json::Va
             .unwrap()
             .expect("the stream stays open");
         text.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = text.find("\n\n") {
-            let block: String = text.drain(..end + 2).collect();
-            for line in block.lines() {
-                if let Some(data) = line.strip_prefix("data:") {
-                    seen.push(serde_json::from_str(data.trim()).unwrap());
-                }
-            }
-        }
+        seen.extend(afterburner_test_support::sse::take_events(&mut text));
     }
     seen
 }
