@@ -28,6 +28,10 @@ pub struct EngineConfig {
     pub backoff_disallowed: Duration,
     /// Delay after `too_many` (we already hold the peer's connection budget).
     pub backoff_too_many: Duration,
+    /// Largest transaction sent on a stream; larger ones are dropped as `too_large`
+    /// before any stream opens (agave closes the connection for an oversized stream).
+    /// 1232 (`PACKET_DATA_SIZE`) until SIMD-0296's larger transactions reach the TPU.
+    pub max_transaction_size: usize,
     /// Largest UDP payload we send (1472 fits a 1500-byte MTU; agave advertises 1472).
     pub max_udp_payload: usize,
     /// Initial congestion window in packets (quiche's default is 10). On the paths
@@ -57,6 +61,7 @@ impl Default for EngineConfig {
             backoff_max: Duration::from_secs(10),
             backoff_disallowed: Duration::from_secs(5),
             backoff_too_many: Duration::from_secs(2),
+            max_transaction_size: crate::protocol::PACKET_DATA_SIZE,
             max_udp_payload: 1472,
             initial_congestion_window_packets: 10,
             hystart: true,

@@ -130,6 +130,8 @@ pub struct EngineHandle {
     running: Arc<AtomicBool>,
     stats: Arc<EngineStats>,
     local: SocketAddr,
+    /// `EngineConfig::max_transaction_size`, checked before a submission is queued.
+    max_transaction_size: usize,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
@@ -161,6 +163,7 @@ impl EngineHandle {
         stats: Arc<EngineStats>,
     ) -> Result<Self, EngineError> {
         let local = io.local_addr();
+        let max_transaction_size = config.max_transaction_size;
         let engine = Engine::new(config.clone(), identity, local, stats.clone())?;
         let (commands, rx) = crossbeam_channel::bounded(config.ingress_queue.max(1));
         let waker = Arc::new(Waker::new().map_err(|_| EngineError::Config("eventfd failed"))?);
@@ -191,6 +194,7 @@ impl EngineHandle {
             running,
             stats,
             local,
+            max_transaction_size,
             thread: Some(thread),
         })
     }
@@ -207,7 +211,7 @@ impl EngineHandle {
         payload: Arc<[u8]>,
         target: SocketAddr,
     ) -> Result<(), SubmitError> {
-        if let Some(reason) = check_payload(&payload) {
+        if let Some(reason) = check_payload(&payload, self.max_transaction_size) {
             return Err(self.refuse(reason));
         }
         match self.commands.try_send(Command::Submit {

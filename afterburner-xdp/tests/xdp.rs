@@ -20,6 +20,7 @@ use afterburner_test_support::netns::{
     self, CLIENT_IF, CLIENT_IP, SERVER_IF, SERVER_IP, Topology, in_netns, root_or_skip,
 };
 use afterburner_xdp::{
+    AnyIo, PacketPath,
     batch::{RxBatch, TxBatch},
     io::{IoCounters, PacketIo},
     xdp::{AttachMode, AttachPolicy, COUNTER_LABELS, XdpConfig, XdpIo},
@@ -377,6 +378,52 @@ fn setup_errors_name_the_cause() {
     drop(first);
     let _ = Ipv4Addr::LOCALHOST;
     let _ = SERVER_IF;
+}
+
+/// An interface that already has another XDP program (as a validator's own, from
+/// agave 4.2): AF_XDP is refused with a message naming that program, the other
+/// program stays attached, and with a fallback configured the packet path is kernel
+/// UDP instead.
+#[test]
+fn an_interface_with_another_xdp_program_is_refused_or_falls_back() {
+    if !root_or_skip("an_interface_with_another_xdp_program_is_refused_or_falls_back") {
+        return;
+    }
+    let topo = Topology::create(1).unwrap();
+    let foreign = netns::ForeignXdp::attach(&topo.client_ns, CLIENT_IF, "validator_xdp").unwrap();
+    assert!(Topology::has_xdp(&topo.client_ns, CLIENT_IF).unwrap());
+    let e = in_netns(&topo.client_ns, || XdpIo::open(xdp_config()).unwrap_err());
+    let msg = e.to_string();
+    println!("refused: {msg}");
+    assert!(
+        msg.contains("already has an XDP program") && msg.contains("\"validator_xdp\""),
+        "{msg}"
+    );
+    let fallback: SocketAddr = SocketAddr::V4(SocketAddrV4::new(CLIENT_IP, 0));
+    let io = in_netns(&topo.client_ns, move || {
+        AnyIo::open(&PacketPath::Xdp {
+            config: xdp_config(),
+            fallback: Some(fallback),
+        })
+        .unwrap()
+    });
+    assert!(matches!(io, AnyIo::Udp(_)), "fell back to kernel UDP");
+    let refused = in_netns(&topo.client_ns, || {
+        AnyIo::open(&PacketPath::Xdp {
+            config: xdp_config(),
+            fallback: None,
+        })
+        .unwrap_err()
+        .to_string()
+    });
+    assert!(refused.contains("validator_xdp"), "{refused}");
+    assert!(
+        Topology::has_xdp(&topo.client_ns, CLIENT_IF).unwrap(),
+        "the other program is left alone"
+    );
+    drop(io);
+    drop(foreign);
+    assert!(!Topology::has_xdp(&topo.client_ns, CLIENT_IF).unwrap());
 }
 
 /// Child process for the signal tests: attaches in the namespace given by

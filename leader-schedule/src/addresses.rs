@@ -1,5 +1,5 @@
-//! [`TpuAddresses`]: identity → TPU QUIC address, from `getClusterNodes` plus static
-//! per-identity overrides (private peering).
+//! [`TpuAddresses`]: identity → TPU QUIC address, from `getClusterNodes` (per-identity
+//! overrides for private peering are the [`crate::LeaderPolicy`]'s).
 
 use std::{collections::HashMap, net::SocketAddr, str::FromStr};
 
@@ -17,7 +17,6 @@ pub const MAX_CLUSTER_NODES: usize = 100_000;
 #[derive(Clone, Debug, Default)]
 pub struct TpuAddresses {
     gossip: HashMap<Pubkey, SocketAddr>,
-    overrides: HashMap<Pubkey, SocketAddr>,
 }
 
 /// What building the map from a `getClusterNodes` answer skipped.
@@ -32,19 +31,13 @@ pub struct NodesReport {
 }
 
 impl TpuAddresses {
-    /// Only the static overrides (before the first `getClusterNodes`).
-    pub fn with_overrides(overrides: HashMap<Pubkey, SocketAddr>) -> Self {
-        Self {
-            gossip: HashMap::new(),
-            overrides,
-        }
+    /// A map as gossip would give it (tests, static setups).
+    pub fn from_gossip(gossip: HashMap<Pubkey, SocketAddr>) -> Self {
+        Self { gossip }
     }
 
-    /// Builds the map from `getClusterNodes`, keeping `overrides`.
-    pub fn from_cluster_nodes(
-        nodes: &[RpcContactInfo],
-        overrides: HashMap<Pubkey, SocketAddr>,
-    ) -> (Self, NodesReport) {
+    /// Builds the map from `getClusterNodes`.
+    pub fn from_cluster_nodes(nodes: &[RpcContactInfo]) -> (Self, NodesReport) {
         let mut report = NodesReport::default();
         let mut gossip = HashMap::with_capacity(nodes.len());
         for node in nodes {
@@ -71,15 +64,13 @@ impl TpuAddresses {
             };
             gossip.insert(pubkey, addr);
         }
-        (Self { gossip, overrides }, report)
+        (Self { gossip }, report)
     }
 
-    /// The TPU QUIC address of `identity` (an override wins).
+    /// The TPU QUIC address of `identity` in gossip (the [`crate::LeaderPolicy`]'s
+    /// overrides win over it).
     pub fn get(&self, identity: &Pubkey) -> Option<SocketAddr> {
-        self.overrides
-            .get(identity)
-            .or_else(|| self.gossip.get(identity))
-            .copied()
+        self.gossip.get(identity).copied()
     }
 
     /// Nodes known from gossip.
@@ -117,23 +108,20 @@ mod tests {
     }
 
     #[test]
-    fn quic_address_fallback_and_overrides() {
+    fn quic_address_fallback() {
         let a = Pubkey::new_unique();
         let b = Pubkey::new_unique();
         let c = Pubkey::new_unique();
-        let d = Pubkey::new_unique();
         let nodes = vec![
             node(&a.to_string(), Some("10.0.0.1:8003"), Some("10.0.0.1:8009")),
             node(&b.to_string(), Some("10.0.0.2:8003"), None),
             node(&c.to_string(), None, None),
             node("not-a-pubkey", None, Some("10.0.0.9:1")),
         ];
-        let overrides = HashMap::from([(d, "192.168.1.1:9000".parse().unwrap())]);
-        let (map, report) = TpuAddresses::from_cluster_nodes(&nodes, overrides);
+        let (map, report) = TpuAddresses::from_cluster_nodes(&nodes);
         assert_eq!(map.get(&a), Some("10.0.0.1:8009".parse().unwrap()));
         assert_eq!(map.get(&b), Some("10.0.0.2:8009".parse().unwrap()));
         assert_eq!(map.get(&c), None);
-        assert_eq!(map.get(&d), Some("192.168.1.1:9000".parse().unwrap()));
         assert_eq!(
             report,
             NodesReport {

@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 
 use solana_sdk::{clock::Slot, pubkey::Pubkey};
 
-use crate::{addresses::TpuAddresses, window::LeaderWindow};
+use crate::{
+    addresses::TpuAddresses,
+    policy::{Excluded, LeaderPolicy},
+    window::LeaderWindow,
+};
 
 /// Slots looked at per answer at most (leaders hold 4 consecutive slots each).
 const MAX_SCAN_SLOTS: u64 = 256;
@@ -58,6 +62,30 @@ pub struct Leaders {
     pub connect: Vec<Leader>,
     /// The schedule or the slot is older than the configured bound.
     pub stale: bool,
+    /// Leaders the policy passed over on the way (soonest first).
+    pub skipped: Vec<Skipped>,
+}
+
+/// A leader the [`LeaderPolicy`] passed over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// The leader's identity.
+    pub identity: Pubkey,
+    /// Why.
+    pub reason: Excluded,
+    /// First slot of its run.
+    pub first_slot: Slot,
+}
+
+/// What [`upcoming_leaders`] finds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Upcoming {
+    /// Leaders to send to.
+    pub send: Vec<Leader>,
+    /// Leaders to keep connected (a superset of `send`).
+    pub connect: Vec<Leader>,
+    /// Leaders the policy passed over (each once).
+    pub skipped: Vec<Skipped>,
 }
 
 impl Leaders {
@@ -73,15 +101,18 @@ impl Leaders {
     }
 }
 
-/// Distinct leaders from `slot` on, consecutive slots of one leader merged.
+/// Distinct leaders from `slot` on, consecutive slots of one leader merged; leaders
+/// the `policy` excludes are passed over (their slots count as gaps) and reported.
 pub fn upcoming_leaders(
     window: &LeaderWindow,
     addresses: &TpuAddresses,
+    policy: &LeaderPolicy,
     slot: Slot,
     fanout: Fanout,
-) -> (Vec<Leader>, Vec<Leader>) {
+) -> Upcoming {
     let want_connect = fanout.connect.max(fanout.send + 1);
     let mut runs: Vec<Leader> = Vec::with_capacity(want_connect);
+    let mut skipped: Vec<Skipped> = Vec::new();
     let mut s = slot;
     // Bounded: the hot path never walks a whole 5,000-slot window.
     let scan_end = slot.saturating_add(MAX_SCAN_SLOTS);
@@ -89,6 +120,17 @@ pub fn upcoming_leaders(
         let Some(identity) = window.leader_at(s) else {
             break;
         };
+        if let Some(reason) = policy.excludes(&identity) {
+            if !skipped.iter().any(|k| k.identity == identity) {
+                skipped.push(Skipped {
+                    identity,
+                    reason,
+                    first_slot: s,
+                });
+            }
+            s += 1;
+            continue;
+        }
         let continues = runs
             .last()
             .is_some_and(|last| last.identity == identity && last.last_slot + 1 == s);
@@ -100,7 +142,11 @@ pub fn upcoming_leaders(
             // Distinct leaders only: a later run of one already listed is skipped.
             runs.push(Leader {
                 identity,
-                tpu_quic: addresses.get(&identity),
+                tpu_quic: policy
+                    .overrides
+                    .get(&identity)
+                    .copied()
+                    .or_else(|| addresses.get(&identity)),
                 first_slot: s,
                 last_slot: s,
             });
@@ -123,7 +169,11 @@ pub fn upcoming_leaders(
         send_n = (send_n + 1).min(runs.len());
     }
     let connect_n = fanout.connect.max(send_n).min(runs.len());
-    (runs[..send_n].to_vec(), runs[..connect_n].to_vec())
+    Upcoming {
+        send: runs[..send_n].to_vec(),
+        connect: runs[..connect_n].to_vec(),
+        skipped,
+    }
 }
 
 #[cfg(test)]
@@ -151,13 +201,14 @@ mod tests {
             .enumerate()
             .map(|(i, id)| (*id, SocketAddr::from(([10, 0, 0, i as u8 + 1], 8009))))
             .collect();
-        (window, TpuAddresses::with_overrides(overrides), ids)
+        (window, TpuAddresses::from_gossip(overrides), ids)
     }
 
     #[test]
     fn consecutive_slots_merge_into_one_leader() {
         let (w, a, ids) = setup();
-        let (send, connect) = upcoming_leaders(&w, &a, 100, Fanout::default());
+        let Upcoming { send, connect, .. } =
+            upcoming_leaders(&w, &a, &LeaderPolicy::default(), 100, Fanout::default());
         assert_eq!(
             send.iter().map(|l| l.identity).collect::<Vec<_>>(),
             vec![ids[0], ids[1]]
@@ -173,7 +224,8 @@ mod tests {
     #[test]
     fn rotation_moves_the_window() {
         let (w, a, ids) = setup();
-        let (send, _) = upcoming_leaders(&w, &a, 105, Fanout::default());
+        let Upcoming { send, .. } =
+            upcoming_leaders(&w, &a, &LeaderPolicy::default(), 105, Fanout::default());
         assert_eq!(send[0].identity, ids[1]);
         assert_eq!(send[0].first_slot, 105);
         assert_eq!(send[1].identity, ids[2]);
@@ -182,12 +234,14 @@ mod tests {
     #[test]
     fn extra_leader_on_the_current_leaders_last_slot() {
         let (w, a, ids) = setup();
-        let (send, _) = upcoming_leaders(&w, &a, 103, Fanout::default());
+        let Upcoming { send, .. } =
+            upcoming_leaders(&w, &a, &LeaderPolicy::default(), 103, Fanout::default());
         assert_eq!(
             send.iter().map(|l| l.identity).collect::<Vec<_>>(),
             vec![ids[0], ids[1], ids[2]]
         );
-        let (send, _) = upcoming_leaders(&w, &a, 102, Fanout::default());
+        let Upcoming { send, .. } =
+            upcoming_leaders(&w, &a, &LeaderPolicy::default(), 102, Fanout::default());
         assert_eq!(send.len(), 2);
     }
 
@@ -199,7 +253,8 @@ mod tests {
             connect: 4,
             extra_when_slots_left: 0,
         };
-        let (send, connect) = upcoming_leaders(&w, &a, 100, fanout);
+        let Upcoming { send, connect, .. } =
+            upcoming_leaders(&w, &a, &LeaderPolicy::default(), 100, fanout);
         assert_eq!(send.len(), 4);
         assert_eq!(send[3].identity, ids[3]);
         assert_eq!(send[3].tpu_quic, None);
@@ -208,6 +263,7 @@ mod tests {
             send,
             connect,
             stale: false,
+            skipped: Vec::new(),
         };
         assert_eq!(leaders.send_addresses().count(), 3);
         assert_eq!(
@@ -233,17 +289,65 @@ mod tests {
             connect: 3,
             extra_when_slots_left: 0,
         };
-        let (send, _) = upcoming_leaders(&w, &TpuAddresses::default(), 0, fanout);
+        let Upcoming { send, .. } = upcoming_leaders(
+            &w,
+            &TpuAddresses::default(),
+            &LeaderPolicy::default(),
+            0,
+            fanout,
+        );
         assert_eq!(
             send.iter().map(|l| l.identity).collect::<Vec<_>>(),
             vec![ids[0], ids[1]]
         );
     }
 
+    /// A denied leader's slots are passed over (the next leaders move up), an allow
+    /// list keeps only its leaders, and an override replaces gossip's address.
+    #[test]
+    fn the_policy_passes_over_leaders_and_overrides_addresses() {
+        let (w, a, ids) = setup();
+        let private: SocketAddr = "192.168.9.9:9009".parse().unwrap();
+        let policy = LeaderPolicy {
+            deny: [ids[1]].into(),
+            allow: Default::default(),
+            overrides: [(ids[2], private)].into(),
+        };
+        let up = upcoming_leaders(&w, &a, &policy, 100, Fanout::default());
+        assert_eq!(
+            up.send.iter().map(|l| l.identity).collect::<Vec<_>>(),
+            vec![ids[0], ids[2]]
+        );
+        assert_eq!(up.send[1].tpu_quic, Some(private));
+        assert!(up.connect.iter().all(|l| l.identity != ids[1]));
+        assert_eq!(
+            up.skipped,
+            vec![Skipped {
+                identity: ids[1],
+                reason: Excluded::Denied,
+                first_slot: 104
+            }]
+        );
+        let allow = LeaderPolicy {
+            allow: [ids[3]].into(),
+            ..LeaderPolicy::default()
+        };
+        let up = upcoming_leaders(&w, &a, &allow, 100, Fanout::default());
+        assert_eq!(
+            up.send.iter().map(|l| l.identity).collect::<Vec<_>>(),
+            vec![ids[3]],
+            "only the allowed leader, wherever it is in the window"
+        );
+        assert_eq!(up.send[0].first_slot, 112);
+        assert_eq!(up.skipped.len(), 3);
+        assert!(up.skipped.iter().all(|k| k.reason == Excluded::NotAllowed));
+    }
+
     #[test]
     fn outside_the_window_gives_nothing() {
         let (w, a, _) = setup();
-        let (send, connect) = upcoming_leaders(&w, &a, 1_000, Fanout::default());
+        let Upcoming { send, connect, .. } =
+            upcoming_leaders(&w, &a, &LeaderPolicy::default(), 1_000, Fanout::default());
         assert!(send.is_empty() && connect.is_empty());
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::method::Method;
+use crate::{method::Method, policy::Excluded};
 
 /// Where the slot estimate comes from right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +38,10 @@ afterburner_stats::declare_stats! {
     labelled {
         /// Failed RPC calls by method (each endpoint attempt counts).
         rpc_errors["method" in Method::NAMES]: Counter "afterburner_leader_rpc_errors_total",
+        /// Leaders the leader policy passed over in fanout answers, by reason (one per
+        /// leader per answer: an answer is asked for per transaction, so this grows
+        /// with traffic while a denied leader is among the upcoming ones).
+        policy_skips["reason" in Excluded::NAMES]: Counter "afterburner_leader_policy_skips_total",
     }
 }
 
@@ -49,6 +53,11 @@ impl TrackerStats {
     /// Failed calls of one method.
     pub fn rpc_errors(&self, method: Method) -> u64 {
         self.rpc_errors[method.index()].load(Relaxed)
+    }
+
+    /// Leaders passed over for `reason`.
+    pub fn policy_skips(&self, reason: Excluded) -> u64 {
+        self.policy_skips[reason.index()].load(Relaxed)
     }
 
     /// The current slot source.

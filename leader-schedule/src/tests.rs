@@ -183,7 +183,7 @@ async fn rotation_follows_the_slot() {
     let rpc = ScriptedRpc::new(4);
     let config = config();
     let handle = TrackerHandle::for_tests(&config);
-    refresh_nodes(&handle, &rpc, &config).await;
+    refresh_nodes(&handle, &rpc).await;
     at_slot(&rpc, &handle, 33);
     refresh(&handle, &rpc, &config).await;
 
@@ -234,7 +234,7 @@ async fn extra_leader_near_the_end_of_a_leaders_slots() {
     let rpc = ScriptedRpc::new(2);
     let config = config();
     let handle = TrackerHandle::for_tests(&config);
-    refresh_nodes(&handle, &rpc, &config).await;
+    refresh_nodes(&handle, &rpc).await;
     at_slot(&rpc, &handle, 3); // the last of slots 0..=3
     refresh(&handle, &rpc, &config).await;
     let leaders = handle.leaders(Fanout::default());
@@ -252,7 +252,7 @@ async fn leaders_without_an_address_are_reported() {
         .retain(|n| n.pubkey != missing.to_string());
     let config = config();
     let handle = TrackerHandle::for_tests(&config);
-    refresh_nodes(&handle, &rpc, &config).await;
+    refresh_nodes(&handle, &rpc).await;
     at_slot(&rpc, &handle, 0);
     refresh(&handle, &rpc, &config).await;
     let leaders = handle.leaders(Fanout::default());
@@ -274,17 +274,49 @@ async fn overrides_win_over_gossip() {
     let rpc = ScriptedRpc::new(1);
     let private: SocketAddr = "192.168.7.7:9009".parse().unwrap();
     let config = TrackerConfig {
-        overrides: HashMap::from([(rpc.leader(0), private)]),
+        policy: crate::LeaderPolicy {
+            overrides: HashMap::from([(rpc.leader(0), private)]),
+            ..crate::LeaderPolicy::default()
+        },
         ..config()
     };
     let handle = TrackerHandle::for_tests(&config);
-    refresh_nodes(&handle, &rpc, &config).await;
+    refresh_nodes(&handle, &rpc).await;
     at_slot(&rpc, &handle, 0);
     refresh(&handle, &rpc, &config).await;
     assert_eq!(
         handle.leaders(Fanout::default()).send[0].tpu_quic,
         Some(private)
     );
+}
+
+/// The gateway swaps the policy at runtime (SIGHUP, admin socket): the next answer
+/// passes over a denied leader, and the pass is counted.
+#[tokio::test]
+async fn a_policy_swapped_at_runtime_applies_to_the_next_answer() {
+    let rpc = ScriptedRpc::new(4);
+    let config = config();
+    let handle = TrackerHandle::for_tests(&config);
+    refresh_nodes(&handle, &rpc).await;
+    at_slot(&rpc, &handle, 0);
+    refresh(&handle, &rpc, &config).await;
+    let first = handle.leaders(Fanout::default()).send[0].identity;
+    handle.set_policy(crate::LeaderPolicy {
+        deny: [first].into(),
+        ..crate::LeaderPolicy::default()
+    });
+    let after = handle.leaders(Fanout::default());
+    assert!(!after.send.is_empty());
+    assert!(
+        after
+            .send
+            .iter()
+            .chain(&after.connect)
+            .all(|l| l.identity != first)
+    );
+    assert_eq!(after.skipped.len(), 1);
+    assert_eq!(handle.stats().policy_skips(crate::Excluded::Denied), 1);
+    assert_eq!(handle.policy().deny.len(), 1);
 }
 
 #[tokio::test]
@@ -300,7 +332,7 @@ async fn outage_keeps_the_last_schedule_and_marks_it_stale() {
         Some(crate::Unusable::NoSchedule),
         "nothing fetched yet"
     );
-    refresh_nodes(&handle, &rpc, &config).await;
+    refresh_nodes(&handle, &rpc).await;
     at_slot(&rpc, &handle, 10);
     refresh(&handle, &rpc, &config).await;
     assert!(!handle.is_stale());
@@ -330,7 +362,7 @@ async fn outage_keeps_the_last_schedule_and_marks_it_stale() {
         "slot 200 is past the window: {:?}",
         handle.health(8)
     );
-    assert!(!refresh_nodes(&handle, &rpc, &config).await);
+    assert!(!refresh_nodes(&handle, &rpc).await);
     let window = handle.window_for_tests().unwrap();
     assert_eq!(window.start, 10, "last good window kept");
     at_slot(&rpc, &handle, 12);
@@ -363,7 +395,7 @@ async fn outage_keeps_the_last_schedule_and_marks_it_stale() {
 
     // Back: the next refresh clears it.
     rpc.down.store(false, Ordering::Relaxed);
-    assert!(refresh_nodes(&handle, &rpc, &config).await);
+    assert!(refresh_nodes(&handle, &rpc).await);
     at_slot(&rpc, &handle, 200);
     refresh(&handle, &rpc, &config).await;
     assert_eq!(
@@ -474,7 +506,7 @@ async fn usable_through_many_refetch_periods_under_the_defaults() {
     };
     let config = TrackerConfig::default();
     let handle = TrackerHandle::for_tests(&config);
-    assert!(refresh_nodes(&handle, &rpc, &config).await);
+    assert!(refresh_nodes(&handle, &rpc).await);
     let t0 = Instant::now();
     let slot_ms = 400u64;
     // What the gateway's default fanout needs: 2 leaders of 4 slots ahead.

@@ -16,8 +16,7 @@
 //! not on a clock.
 
 use std::{
-    collections::{HashMap, HashSet},
-    net::SocketAddr,
+    collections::HashSet,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -32,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     addresses::TpuAddresses,
     fanout::{Fanout, Leaders, upcoming_leaders},
+    policy::LeaderPolicy,
     slot::SlotEstimator,
     source::RpcSource,
     stats::{SlotSource, TrackerStats},
@@ -56,8 +56,9 @@ pub struct TrackerConfig {
     pub stale_after: Duration,
     /// Longest wait between websocket reconnection attempts.
     pub websocket_backoff_max: Duration,
-    /// Static TPU QUIC addresses by identity (private peering); they win over gossip.
-    pub overrides: HashMap<Pubkey, SocketAddr>,
+    /// Which leaders to send to, and address overrides (swappable at runtime with
+    /// [`TrackerHandle::set_policy`]).
+    pub policy: LeaderPolicy,
 }
 
 impl Default for TrackerConfig {
@@ -71,7 +72,7 @@ impl Default for TrackerConfig {
             cluster_nodes_interval: Duration::from_secs(300),
             stale_after: Duration::from_secs(30),
             websocket_backoff_max: Duration::from_secs(30),
-            overrides: HashMap::new(),
+            policy: LeaderPolicy::default(),
         }
     }
 }
@@ -82,6 +83,7 @@ struct Shared {
     slots_write: Mutex<()>,
     window: ArcSwapOption<LeaderWindow>,
     addresses: ArcSwap<TpuAddresses>,
+    policy: ArcSwap<LeaderPolicy>,
     stats: Arc<TrackerStats>,
     stale_after: Duration,
     /// Consecutive failed refreshes of the window and of the addresses, and since
@@ -207,13 +209,30 @@ impl TrackerHandle {
             };
         };
         let addresses = self.shared.addresses.load();
-        let (send, connect) = upcoming_leaders(window, &addresses, slot, fanout);
+        let policy = self.shared.policy.load();
+        let up = upcoming_leaders(window, &addresses, &policy, slot, fanout);
+        for k in &up.skipped {
+            self.shared.stats.policy_skips[k.reason.index()]
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Leaders {
             slot: Some(slot),
-            send,
-            connect,
+            send: up.send,
+            connect: up.connect,
             stale,
+            skipped: up.skipped,
         }
+    }
+
+    /// Replaces the leader policy; the next fanout answer follows it.
+    pub fn set_policy(&self, policy: LeaderPolicy) {
+        self.shared.policy.store(Arc::new(policy));
+        update_missing_gauge(self);
+    }
+
+    /// The leader policy in force.
+    pub fn policy(&self) -> Arc<LeaderPolicy> {
+        self.shared.policy.load_full()
     }
 
     /// The leader of `slot`, when the current window covers it (a slot that landed
@@ -344,9 +363,8 @@ impl LeaderTracker {
             slots: ArcSwap::from_pointee(SlotEstimator::new(config.slot_duration)),
             slots_write: Mutex::new(()),
             window: ArcSwapOption::empty(),
-            addresses: ArcSwap::from_pointee(TpuAddresses::with_overrides(
-                config.overrides.clone(),
-            )),
+            addresses: ArcSwap::from_pointee(TpuAddresses::default()),
+            policy: ArcSwap::from_pointee(config.policy.clone()),
             stats,
             stale_after: config.stale_after,
             schedule_failing: Mutex::new(None),
@@ -603,7 +621,7 @@ async fn nodes_task<S: RpcSource>(
     cancel: CancellationToken,
 ) {
     loop {
-        let wait = match refresh_nodes(&handle, source.as_ref(), &config).await {
+        let wait = match refresh_nodes(&handle, source.as_ref()).await {
             true => config.cluster_nodes_interval,
             // Retry sooner while we have nothing or the last call failed.
             false => config.cluster_nodes_interval.min(Duration::from_secs(5)),
@@ -615,14 +633,10 @@ async fn nodes_task<S: RpcSource>(
 }
 
 /// Refreshes the TPU address map; keeps the old one on error. Returns success.
-pub(crate) async fn refresh_nodes<S: RpcSource>(
-    handle: &TrackerHandle,
-    source: &S,
-    config: &TrackerConfig,
-) -> bool {
+pub(crate) async fn refresh_nodes<S: RpcSource>(handle: &TrackerHandle, source: &S) -> bool {
     match source.get_cluster_nodes().await {
         Ok(nodes) => {
-            let (map, report) = TpuAddresses::from_cluster_nodes(&nodes, config.overrides.clone());
+            let (map, report) = TpuAddresses::from_cluster_nodes(&nodes);
             if report.bad_pubkey > 0 || report.no_tpu > 0 {
                 tracing::debug!(?report, "getClusterNodes entries skipped");
             }
@@ -648,10 +662,12 @@ fn update_missing_gauge(handle: &TrackerHandle) {
         return;
     };
     let addresses = handle.shared.addresses.load();
+    let policy = handle.shared.policy.load();
     let distinct: HashSet<&Pubkey> = window.leaders.iter().collect();
     let missing = distinct
         .iter()
-        .filter(|id| addresses.get(id).is_none())
+        .filter(|id| policy.excludes(id).is_none())
+        .filter(|id| addresses.get(id).is_none() && !policy.overrides.contains_key(id))
         .count();
     handle
         .stats()
@@ -668,9 +684,8 @@ impl TrackerHandle {
                 slots: ArcSwap::from_pointee(SlotEstimator::new(config.slot_duration)),
                 slots_write: Mutex::new(()),
                 window: ArcSwapOption::empty(),
-                addresses: ArcSwap::from_pointee(TpuAddresses::with_overrides(
-                    config.overrides.clone(),
-                )),
+                addresses: ArcSwap::from_pointee(TpuAddresses::default()),
+                policy: ArcSwap::from_pointee(config.policy.clone()),
                 stats: Arc::new(TrackerStats::default()),
                 stale_after: config.stale_after,
                 schedule_failing: Mutex::new(None),

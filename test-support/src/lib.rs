@@ -1,7 +1,8 @@
 //! Test support shared by the workspace's tests, benchmarks and `./x netns`: agave's
 //! real TPU QUIC server in-process ([`agave`]), payloads and signed transfers
 //! ([`txs`]), the two-namespace veth topology the root-only tests run in
-//! ([`netns`]), and the gateway's lifecycle event stream read back ([`sse`]).
+//! ([`netns`]), the gateway's lifecycle event stream read back ([`sse`]), and a
+//! scripted several-leader cluster RPC ([`cluster`]).
 //!
 //! The default feature `agave` brings the agave server and the transaction
 //! generators (solana-streamer, solana-sdk); without it only [`netns`] and
@@ -14,6 +15,8 @@
 
 #[cfg(feature = "agave")]
 pub mod agave;
+#[cfg(feature = "agave")]
+pub mod cluster;
 pub mod netns;
 pub mod sse;
 #[cfg(feature = "agave")]

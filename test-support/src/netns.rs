@@ -176,3 +176,119 @@ pub fn enter_netns(path: &str) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Another XDP program on an interface, as a validator's own would be: a minimal
+/// `XDP_PASS` program named `name`, loaded with the `bpf` system call and attached
+/// through a BPF link in generic mode. Detached when dropped (the link's descriptor
+/// closes), so also when the test fails.
+#[derive(Debug)]
+pub struct ForeignXdp {
+    _link: std::os::fd::OwnedFd,
+    _prog: std::os::fd::OwnedFd,
+}
+
+impl ForeignXdp {
+    /// Attaches to `dev` in namespace `ns`.
+    pub fn attach(ns: &str, dev: &str, name: &str) -> io::Result<Self> {
+        let (dev, name) = (dev.to_string(), name.to_string());
+        in_netns(ns, move || attach_pass_program(&dev, &name))
+    }
+}
+
+fn attach_pass_program(dev: &str, name: &str) -> io::Result<ForeignXdp> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    const BPF_XDP: u32 = 37;
+    const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+    // r0 = 2 (XDP_PASS); exit.
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = c"GPL";
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        prog_ifindex: u32,
+        expected_attach_type: u32,
+        _rest: [u64; 12],
+    }
+    let mut attr = ProgLoad {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        expected_attach_type: BPF_XDP,
+        ..ProgLoad::default()
+    };
+    for (d, s) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    // SAFETY: BPF_PROG_LOAD with a zero-padded attribute that outlives the call and
+    // points at instructions and a license that do too.
+    let prog = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const ProgLoad,
+            std::mem::size_of::<ProgLoad>(),
+        )
+    };
+    if prog < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just gave us.
+    let prog = unsafe { OwnedFd::from_raw_fd(prog as i32) };
+    let ifname = std::ffi::CString::new(dev).map_err(io::Error::other)?;
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+    if ifindex == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct LinkCreate {
+        prog_fd: u32,
+        target_ifindex: u32,
+        attach_type: u32,
+        flags: u32,
+        _rest: [u64; 8],
+    }
+    use std::os::fd::AsRawFd;
+    let attr = LinkCreate {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type: BPF_XDP,
+        flags: XDP_FLAGS_SKB_MODE,
+        ..LinkCreate::default()
+    };
+    // SAFETY: BPF_LINK_CREATE with a zero-padded attribute that outlives the call.
+    let link = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            &attr as *const LinkCreate,
+            std::mem::size_of::<LinkCreate>(),
+        )
+    };
+    if link < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ForeignXdp {
+        // SAFETY: a descriptor the kernel just gave us.
+        _link: unsafe { OwnedFd::from_raw_fd(link as i32) },
+        _prog: prog,
+    })
+}

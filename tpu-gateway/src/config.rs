@@ -1,12 +1,21 @@
 //! The gateway's configuration: one TOML file, then `AFTERBURNER_*` environment
 //! variables, then command-line flags, each overriding the one before. Unknown keys
 //! are errors that name the key. Durations are integers with their unit in the
-//! name (`_ms`, `_secs`). `deploy/tpu-gateway.toml` documents every key.
+//! name (`_ms`, `_secs`). `deploy/tpu-gateway.toml` documents every key. Loading
+//! is figment's (merging, provenance): an error names the key and the source it
+//! came from (the file, the variable, the flag).
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
+use figment::{
+    Figment,
+    providers::{Format as _, Serialized, Toml},
+};
+use leader_schedule::LeaderPolicy;
 use serde::Deserialize;
+use solana_sdk::pubkey::Pubkey;
+use std::str::FromStr as _;
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -25,6 +34,8 @@ pub struct Config {
     pub identity_watch_ms: u64,
     /// The admin socket.
     pub admin: AdminSection,
+    /// API keys.
+    pub auth: AuthSection,
     /// JSON-RPC / HTTP ingress.
     pub rpc: RpcSection,
     /// Prometheus endpoint.
@@ -33,6 +44,8 @@ pub struct Config {
     pub cluster: ClusterSection,
     /// Leaders to send to / connect to.
     pub fanout: FanoutSection,
+    /// Which leaders (deny and allow lists) and where (TPU address overrides).
+    pub leaders: LeadersSection,
     /// Rebroadcasting.
     pub retry: RetrySection,
     /// Bounds.
@@ -72,6 +85,17 @@ pub struct RpcSection {
     pub websocket_max_clients: usize,
     /// Subscriptions per websocket client; more are refused (-32005).
     pub websocket_max_subscriptions: usize,
+    /// Open connections at most, on each listener (JSON-RPC, websocket, metrics);
+    /// more are closed as they arrive (`afterburner_http_connections_refused_total`).
+    pub max_connections: usize,
+    /// Open connections from one client address at most, on each listener (behind
+    /// a load balancer every client has its address: raise it there).
+    pub max_connections_per_ip: usize,
+    /// A request's headers, and a keep-alive connection's next request, must
+    /// arrive within this, or the connection is closed (slow or idle clients).
+    pub header_read_timeout_ms: u64,
+    /// A request's body must arrive within this.
+    pub body_read_timeout_ms: u64,
 }
 
 impl RpcSection {
@@ -151,6 +175,52 @@ pub struct FanoutSection {
     pub connect: usize,
 }
 
+/// `[leaders]`: the leader policy. Reloaded with the identity (SIGHUP, and the admin
+/// socket's `reloadLeaderPolicy`); needs a tracked schedule (`cluster.rpc_urls`):
+/// static leaders have no identities.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeadersSection {
+    /// Leader identities never sent to; their slots are passed over in the fanout
+    /// (counted in `afterburner_leader_policy_skips_total{reason="denied"}`).
+    pub deny: Vec<String>,
+    /// When not empty, only these leader identities are sent to (the deny list
+    /// still applies).
+    pub allow: Vec<String>,
+    /// TPU QUIC addresses by leader identity, winning over gossip (private peering).
+    pub tpu_overrides: std::collections::BTreeMap<String, SocketAddr>,
+}
+
+impl LeadersSection {
+    /// The policy these keys describe.
+    ///
+    /// # Errors
+    /// A value that is not a base58 pubkey, naming the key and the value.
+    pub fn policy(&self) -> Result<LeaderPolicy> {
+        let parse = |key: &str, text: &str| {
+            Pubkey::from_str(text)
+                .map_err(|e| anyhow::anyhow!("leaders.{key}: {text:?} is not a pubkey ({e})"))
+        };
+        Ok(LeaderPolicy {
+            deny: self
+                .deny
+                .iter()
+                .map(|t| parse("deny", t))
+                .collect::<Result<_>>()?,
+            allow: self
+                .allow
+                .iter()
+                .map(|t| parse("allow", t))
+                .collect::<Result<_>>()?,
+            overrides: self
+                .tpu_overrides
+                .iter()
+                .map(|(t, addr)| Ok((parse("tpu_overrides", t)?, *addr)))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
 /// `[retry]`
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -183,7 +253,15 @@ pub struct LimitsSection {
     pub dedup_window_secs: u64,
     /// Signatures remembered for duplicates.
     pub dedup_capacity: usize,
+    /// Largest transaction, in bytes: validation (raw and encoded sizes) and the
+    /// engine both enforce it. At most 1232 (agave's `PACKET_DATA_SIZE`) until
+    /// SIMD-0296's larger transactions are supported by the agave crates and TPU
+    /// servers.
+    pub max_transaction_size: usize,
 }
+
+/// The largest `limits.max_transaction_size` today: agave 3.1's `PACKET_DATA_SIZE`.
+pub const MAX_TRANSACTION_SIZE: usize = solana_packet::PACKET_DATA_SIZE;
 
 /// `[validation]`
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -219,6 +297,11 @@ pub struct PacketPathSection {
     pub xdp_port: u16,
     /// Fall back to kernel UDP when AF_XDP cannot be set up.
     pub xdp_fallback_to_udp: bool,
+    /// Once the path is open, keep only the capabilities a running path uses
+    /// (none for kernel UDP; CAP_NET_ADMIN and CAP_BPF for AF_XDP) and drop the rest
+    /// for good. An engine restart then cannot open AF_XDP again: it falls back to
+    /// kernel UDP if `xdp_fallback_to_udp`, else the gateway exits non-zero.
+    pub drop_capabilities: bool,
 }
 
 /// Packet path kind.
@@ -239,6 +322,18 @@ pub struct AdminSection {
     /// The socket's path (created mode 0600; peers of another user than ours or
     /// root are refused); unset: no admin socket.
     pub socket: Option<PathBuf>,
+}
+
+/// `[auth]`: API keys for every client-facing surface (JSON-RPC, REST, the
+/// lifecycle API and its events, the websocket proxy); `/health` and `/ready`
+/// stay open for probes, metrics and the admin socket have their own listeners.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// The keys file (TOML, `[[key]]` tables: `name`, `secret`, `tx_per_sec`,
+    /// `burst`, `queue_share`); keep it 0600 or in a Kubernetes Secret. Unset: no
+    /// keys, every client is let in (bind to loopback, or put a proxy in front).
+    pub keys_file: Option<PathBuf>,
 }
 
 /// `[engine]`
@@ -330,10 +425,12 @@ impl Default for Config {
             shutdown_unready_ms: 0,
             identity_watch_ms: 1_000,
             admin: AdminSection::default(),
+            auth: AuthSection::default(),
             rpc: RpcSection::default(),
             metrics: MetricsSection::default(),
             cluster: ClusterSection::default(),
             fanout: FanoutSection::default(),
+            leaders: LeadersSection::default(),
             retry: RetrySection::default(),
             limits: LimitsSection::default(),
             validation: ValidationSection::default(),
@@ -372,6 +469,10 @@ impl Default for RpcSection {
             websocket_listen: None,
             websocket_max_clients: 256,
             websocket_max_subscriptions: 100,
+            max_connections: 4096,
+            max_connections_per_ip: 256,
+            header_read_timeout_ms: 5_000,
+            body_read_timeout_ms: 10_000,
         }
     }
 }
@@ -413,6 +514,7 @@ impl Default for LimitsSection {
             max_tracked: 100_000,
             dedup_window_secs: 60,
             dedup_capacity: 200_000,
+            max_transaction_size: MAX_TRANSACTION_SIZE,
         }
     }
 }
@@ -434,6 +536,7 @@ impl Default for PacketPathSection {
             interface: None,
             xdp_port: 0,
             xdp_fallback_to_udp: true,
+            drop_capabilities: true,
         }
     }
 }
@@ -460,55 +563,185 @@ impl Default for LogSection {
     }
 }
 
-impl Config {
-    /// Parses TOML text, then applies `env` (`AFTERBURNER_SECTION__KEY=value`, or
-    /// `AFTERBURNER_KEY` for top-level keys; values parsed as TOML, else strings).
+/// `AFTERBURNER_*` variables that are not configuration keys: the binary's own
+/// (`--config`'s) and the local runner's. The loader skips exactly these; every
+/// other `AFTERBURNER_*` variable must name a key, so a typo is an error.
+pub const NOT_CONFIG_VARIABLES: [&str; 2] = ["AFTERBURNER_CONFIG", "AFTERBURNER_GATEWAY_BIN"];
+
+/// Where a configuration comes from, in order of precedence (later wins): a TOML
+/// file or text, then `AFTERBURNER_*` variables, then command-line flags.
+#[derive(Debug)]
+pub struct Sources {
+    figment: Figment,
+    providers: Vec<Figment>,
+}
+
+impl Sources {
+    /// The TOML file at `path` (`None`: no file, all defaults).
+    pub fn file(path: Option<&std::path::Path>) -> Result<Self> {
+        let figment = match path {
+            Some(p) => {
+                // Read here (not by figment) so a missing file is an error naming it.
+                std::fs::metadata(p)
+                    .with_context(|| format!("reading config file {}", p.display()))?;
+                Figment::from(Toml::file_exact(p))
+            }
+            None => Figment::new(),
+        };
+        Ok(Self {
+            providers: vec![figment.clone()],
+            figment,
+        })
+    }
+
+    /// TOML text (tests, benchmarks).
+    pub fn text(text: &str) -> Self {
+        let figment = Figment::from(Toml::string(text));
+        Self {
+            providers: vec![figment.clone()],
+            figment,
+        }
+    }
+
+    /// Adds environment variables (`AFTERBURNER_SECTION__KEY=value`, or
+    /// `AFTERBURNER_KEY` for top-level keys; values parsed as TOML-like values,
+    /// else strings).
+    pub fn env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let provider = EnvVars::new(vars);
+        self.providers.push(Figment::from(provider.clone()));
+        self.figment = self.figment.merge(provider);
+        self
+    }
+
+    /// Adds one command-line flag's value for `key` (a dotted path).
+    pub fn flag<T: serde::Serialize + Clone>(mut self, key: &str, value: T) -> Self {
+        let provider = Serialized::default(key, value);
+        self.providers.push(Figment::from(provider.clone()));
+        self.figment = self.figment.merge(provider);
+        self
+    }
+
+    /// The configuration, checked: each source alone first (so an unknown key or a
+    /// wrong type is reported with the source it came from), then all merged, then
+    /// [`Config::validate`].
     ///
     /// # Errors
-    /// Syntax errors, unknown keys (named), wrong types, and [`Self::validate`].
-    pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
-        let mut table: toml::Table = text.parse().context("config is not valid TOML")?;
-        for (key, value) in env {
-            let Some(path) = key.strip_prefix("AFTERBURNER_") else {
-                continue;
-            };
-            let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
-            let parsed = format!("v = {value}")
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or(toml::Value::String(value.clone()));
-            let mut cursor = &mut table;
-            for section in &parts[..parts.len() - 1] {
-                cursor = cursor
-                    .entry(section.clone())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                    .as_table_mut()
-                    .with_context(|| format!("{key}: {section} is not a section"))?;
-            }
-            if let Some(last) = parts.last() {
-                cursor.insert(last.clone(), parsed);
-            }
+    /// Unknown keys and wrong types (naming the key and its source), and
+    /// [`Config::validate`]'s inconsistencies.
+    pub fn extract(self) -> Result<Config> {
+        for provider in &self.providers {
+            provider
+                .extract::<Config>()
+                .map_err(|e| anyhow::anyhow!("{}", describe(e)))
+                .context("invalid configuration")?;
         }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))
+        let config: Config = self
+            .figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("{}", describe(e)))
             .context("invalid configuration")?;
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// figment's errors, one line each (several when a source has several problems).
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `AFTERBURNER_*` variables as a figment provider. figment's own `Env` reads the
+/// process environment only; this takes the variables as a list so tests pass their
+/// own, and names each key by its variable in errors.
+#[derive(Clone, Debug)]
+struct EnvVars {
+    vars: Vec<(String, String)>,
+}
+
+impl EnvVars {
+    fn new(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let vars = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("AFTERBURNER_"))
+            .filter(|(k, _)| !NOT_CONFIG_VARIABLES.contains(&k.as_str()))
+            .collect();
+        Self { vars }
+    }
+}
+
+impl figment::Provider for EnvVars {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable").interpolater(|_, keys| {
+            format!(
+                "AFTERBURNER_{}",
+                keys.iter()
+                    .map(|k| k.to_uppercase())
+                    .collect::<Vec<_>>()
+                    .join("__")
+            )
+        })
+    }
+
+    fn data(
+        &self,
+    ) -> std::result::Result<
+        figment::value::Map<figment::Profile, figment::value::Dict>,
+        figment::Error,
+    > {
+        let mut dict = figment::value::Dict::new();
+        for (key, value) in &self.vars {
+            let path = key["AFTERBURNER_".len()..]
+                .split("__")
+                .map(str::to_lowercase)
+                .collect::<Vec<_>>()
+                .join(".");
+            if path.is_empty() || path.split('.').any(str::is_empty) {
+                return Err(figment::Error::from(format!(
+                    "{key}: not a configuration key (AFTERBURNER_SECTION__KEY or AFTERBURNER_KEY)"
+                )));
+            }
+            let value: figment::value::Value = value
+                .parse()
+                .unwrap_or_else(|_| figment::value::Value::from(value.clone()));
+            if let Some(nested) = figment::util::nest(&path, value).into_dict() {
+                dict = merge_dicts(dict, nested);
+            }
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+/// Merges `b` into `a` (b's values win), descending into nested dictionaries.
+fn merge_dicts(mut a: figment::value::Dict, b: figment::value::Dict) -> figment::value::Dict {
+    use figment::value::Value;
+    for (k, v) in b {
+        let merged = match (a.remove(&k), v) {
+            (Some(Value::Dict(_, x)), Value::Dict(tag, y)) => Value::Dict(tag, merge_dicts(x, y)),
+            (_, v) => v,
+        };
+        a.insert(k, merged);
+    }
+    a
+}
+
+impl Config {
+    /// Parses TOML text, then applies `env` (see [`Sources::env`]).
+    ///
+    /// # Errors
+    /// As [`Sources::extract`].
+    pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
+        Sources::text(text).env(env).extract()
     }
 
     /// Reads `path` (or defaults when `None`) and applies the process environment.
     ///
     /// # Errors
-    /// As [`Self::from_toml`], and an unreadable file (named).
+    /// As [`Sources::extract`], and an unreadable file (named).
     pub fn load(path: Option<&std::path::Path>) -> Result<Self> {
-        let text = match path {
-            Some(p) => std::fs::read_to_string(p)
-                .with_context(|| format!("reading config file {}", p.display()))?,
-            None => String::new(),
-        };
-        Self::from_toml(&text, std::env::vars())
+        Sources::file(path)?.env(std::env::vars()).extract()
     }
 
     /// Checks what types cannot: consistency between sections.
@@ -524,6 +757,12 @@ impl Config {
         if self.packet_path.kind == PathKind::Xdp && self.packet_path.interface.is_none() {
             bail!("packet_path.kind = \"xdp\" needs packet_path.interface");
         }
+        if !self.leaders.policy()?.is_open() && !self.cluster.static_leaders.is_empty() {
+            bail!(
+                "leaders.deny, leaders.allow and leaders.tpu_overrides need a tracked schedule \
+                 (cluster.rpc_urls): cluster.static_leaders have no identities to match"
+            );
+        }
         if self.fanout.send == 0 {
             bail!("fanout.send must be at least 1");
         }
@@ -532,6 +771,17 @@ impl Config {
             ("cluster.rpc_timeout_ms", self.cluster.rpc_timeout_ms),
             ("cluster.stale_after_secs", self.cluster.stale_after_secs),
             ("retry.interval_ms", self.retry.interval_ms),
+            (
+                "rpc.header_read_timeout_ms",
+                self.rpc.header_read_timeout_ms,
+            ),
+            ("rpc.body_read_timeout_ms", self.rpc.body_read_timeout_ms),
+            (
+                "rpc.max_connections and rpc.max_connections_per_ip",
+                self.rpc
+                    .max_connections
+                    .min(self.rpc.max_connections_per_ip) as u64,
+            ),
             ("retry.status_interval_ms", self.retry.status_interval_ms),
             ("retry.nonce_max_age_secs", self.retry.nonce_max_age_secs),
             (
@@ -557,6 +807,19 @@ impl Config {
         }
         if !self.rpc.forward_methods.is_empty() && self.rpc.forward_concurrency == 0 {
             bail!("rpc.forward_concurrency must be at least 1");
+        }
+        let size = self.limits.max_transaction_size;
+        if size > MAX_TRANSACTION_SIZE {
+            bail!(
+                "limits.max_transaction_size = {size}: at most {MAX_TRANSACTION_SIZE} for now. \
+                 Larger (SIMD-0296, up to 4096-byte v1) transactions need agave crates and TPU \
+                 servers that accept them; the 3.1 crates this gateway is built on and today's \
+                 TPU servers stop at {MAX_TRANSACTION_SIZE} bytes (PACKET_DATA_SIZE), and close \
+                 the connection on a larger stream"
+            );
+        }
+        if size == 0 {
+            bail!("limits.max_transaction_size must be at least 1");
         }
         if self.limits.queue == 0 || self.limits.max_tracked == 0 {
             bail!("limits.queue and limits.max_tracked must be at least 1");
@@ -668,6 +931,113 @@ mod tests {
         let e =
             Config::from_toml(base(), [("AFTERBURNER_RPC__LISTN".into(), "x".into())]).unwrap_err();
         assert!(format!("{e:#}").contains("listn"), "{e:#}");
+    }
+
+    /// Each error names the key and where it came from.
+    #[test]
+    fn errors_name_the_key_and_its_source() {
+        let e = Config::from_toml(base(), [("AFTERBURNER_FANOUT__SEND".into(), "many".into())])
+            .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("AFTERBURNER_FANOUT__SEND"), "{e}");
+        assert!(e.contains("environment variable"), "{e}");
+        let e =
+            Config::from_toml(&format!("{}[fanout]\nsend = \"many\"\n", base()), []).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("fanout.send") && e.contains("TOML"), "{e}");
+
+        let dir = std::env::temp_dir().join(format!("afterburner-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gateway.toml");
+        std::fs::write(&file, format!("{}[rpc]\nlisten = 5\n", base())).unwrap();
+        let e = Sources::file(Some(&file)).unwrap().extract().unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("rpc.listen") && e.contains(&file.display().to_string()),
+            "{e}"
+        );
+        let e = Sources::file(Some(&dir.join("missing.toml"))).unwrap_err();
+        assert!(format!("{e:#}").contains("missing.toml"), "{e:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The binary's own variables are not keys: `AFTERBURNER_CONFIG` once failed as
+    /// "unknown field" (main.rs's test keeps this list complete).
+    #[test]
+    fn the_binarys_own_variables_are_skipped() {
+        let env = NOT_CONFIG_VARIABLES.map(|k| (k.to_string(), "/etc/x.toml".to_string()));
+        assert_eq!(
+            Config::from_toml(base(), env).unwrap(),
+            Config::from_toml(base(), []).unwrap()
+        );
+    }
+
+    /// File < environment < flags.
+    #[test]
+    fn flags_override_the_environment_which_overrides_the_file() {
+        let file = format!(
+            "{}[rpc]\nlisten = \"127.0.0.1:1000\"\n[fanout]\nsend = 3\n",
+            base()
+        );
+        let env = [(
+            "AFTERBURNER_RPC__LISTEN".to_string(),
+            "127.0.0.1:2000".to_string(),
+        )];
+        let c = Sources::text(&file).env(env.clone()).extract().unwrap();
+        assert_eq!(c.rpc.listen.port(), 2000);
+        assert_eq!(c.fanout.send, 3);
+        let flag: SocketAddr = "127.0.0.1:3000".parse().unwrap();
+        let c = Sources::text(&file)
+            .env(env)
+            .flag("rpc.listen", flag)
+            .extract()
+            .unwrap();
+        assert_eq!(c.rpc.listen, flag);
+        assert_eq!(c.fanout.send, 3);
+    }
+
+    /// SIMD-0296 is one reviewed change away: until then, larger is refused at
+    /// startup with the reason.
+    #[test]
+    fn transactions_larger_than_agave_takes_are_refused_with_the_reason() {
+        let c = Config::from_toml(base(), []).unwrap();
+        assert_eq!(c.limits.max_transaction_size, 1232);
+        let text = format!("{}[limits]\nmax_transaction_size = 4096\n", base());
+        let e = format!("{:#}", Config::from_toml(&text, []).unwrap_err());
+        assert!(e.contains("limits.max_transaction_size = 4096"), "{e}");
+        assert!(e.contains("SIMD-0296") && e.contains("1232"), "{e}");
+        let text = format!("{}[limits]\nmax_transaction_size = 1000\n", base());
+        assert_eq!(
+            Config::from_toml(&text, [])
+                .unwrap()
+                .limits
+                .max_transaction_size,
+            1000
+        );
+    }
+
+    #[test]
+    fn the_leader_policy_is_parsed_and_checked() {
+        let (a, b) = (Pubkey::new_unique(), Pubkey::new_unique());
+        let text = format!(
+            "{}[leaders]\ndeny = [\"{a}\"]\nallow = [\"{b}\"]\ntpu_overrides = {{ \"{b}\" = \"10.1.1.1:8009\" }}\n",
+            base()
+        );
+        let p = Config::from_toml(&text, [])
+            .unwrap()
+            .leaders
+            .policy()
+            .unwrap();
+        assert!(p.deny.contains(&a) && p.allow.contains(&b));
+        assert_eq!(p.overrides[&b], "10.1.1.1:8009".parse().unwrap());
+        let bad = format!("{}[leaders]\ndeny = [\"nope\"]\n", base());
+        let e = format!("{:#}", Config::from_toml(&bad, []).unwrap_err());
+        assert!(e.contains("leaders.deny") && e.contains("nope"), "{e}");
+        let static_ = format!(
+            "[cluster]\nstatic_leaders = [\"127.0.0.1:1\"]\n[validation]\npreflight = \"refuse\"\n[leaders]\ndeny = [\"{a}\"]\n"
+        );
+        let e = format!("{:#}", Config::from_toml(&static_, []).unwrap_err());
+        assert!(e.contains("static_leaders"), "{e}");
     }
 
     #[test]

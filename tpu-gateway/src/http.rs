@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::Bytes,
     extract::{DefaultBodyLimit, Path, Query, State},
     http::{HeaderMap, StatusCode, header},
@@ -25,7 +25,8 @@ use solana_sdk::signature::Signature;
 use tokio::sync::broadcast;
 
 use crate::{
-    rpc::{self, SendError, SendOptions},
+    auth::{self, Caller},
+    rpc::{self, SendError, SendOptions, Sender as _},
     service::Service,
     validate::{self, Encoding},
 };
@@ -33,16 +34,23 @@ use crate::{
 /// The response header naming the instance.
 pub const INSTANCE_HEADER: &str = "x-afterburner-instance";
 
-/// The ingress router.
-pub fn router(service: Arc<Service>, max_body: usize) -> Router {
-    Router::new()
+/// The ingress router. With `gate` (API keys configured), every route but
+/// `/health` and `/ready` (for load balancers and probes) needs a key.
+pub fn router(service: Arc<Service>, max_body: usize, gate: Option<auth::Gate>) -> Router {
+    let mut client_facing = Router::new()
         .route("/", post(json_rpc))
         .route("/v1/transactions", post(transactions))
         .route("/v1/transactions/events", get(events))
         .route("/v1/transactions/{signature}", get(lifecycle))
-        .route("/v1/leaders", get(leaders))
+        .route("/v1/leaders", get(leaders));
+    if let Some(gate) = gate {
+        client_facing =
+            client_facing.layer(middleware::from_fn_with_state(gate, auth::require_key));
+    }
+    Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .merge(client_facing)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::map_response_with_state(
             service.clone(),
@@ -71,8 +79,11 @@ struct EventFilter {
 /// many it missed, then continues.
 async fn events(
     State(service): State<Arc<Service>>,
+    caller: Option<Extension<Caller>>,
     Query(filter): Query<EventFilter>,
 ) -> Response {
+    // With API keys, a key sees its own transactions' events only.
+    let scope = caller.map(|Extension(c)| c.0.index);
     let only = match filter.signature.as_deref().map(str::parse::<Signature>) {
         None => None,
         Some(Ok(sig)) => Some(sig),
@@ -88,7 +99,10 @@ async fn events(
     let stream = futures_util::stream::unfold(rx, move |mut rx| async move {
         loop {
             let event = match rx.recv().await {
-                Ok(e) if only.is_none_or(|s| s == e.signature) => {
+                Ok(e)
+                    if only.is_none_or(|s| s == e.signature)
+                        && scope.is_none_or(|k| e.client == Some(k)) =>
+                {
                     SseEvent::default().data(e.data.to_string())
                 }
                 Ok(_) => continue,
@@ -116,7 +130,11 @@ async fn leaders(State(service): State<Arc<Service>>) -> Response {
 
 /// `GET /v1/transactions/{signature}`: the lifecycle record, 404 when this instance
 /// does not know the signature (never accepted here, or forgotten).
-async fn lifecycle(State(service): State<Arc<Service>>, Path(signature): Path<String>) -> Response {
+async fn lifecycle(
+    State(service): State<Arc<Service>>,
+    caller: Option<Extension<Caller>>,
+    Path(signature): Path<String>,
+) -> Response {
     let Ok(signature) = signature.parse::<Signature>() else {
         return (
             StatusCode::BAD_REQUEST,
@@ -124,7 +142,9 @@ async fn lifecycle(State(service): State<Arc<Service>>, Path(signature): Path<St
         )
             .into_response();
     };
-    match service.lifecycle(signature).await {
+    // With API keys, another key's transaction is as unknown as one never seen.
+    let scope = caller.map(|Extension(c)| c.0.index);
+    match service.lifecycle_for(signature, scope).await {
         Ok(Some(record)) => Json(record).into_response(),
         Ok(None) => (
             StatusCode::NOT_FOUND,
@@ -145,27 +165,34 @@ pub fn metrics_router(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
-async fn json_rpc(State(service): State<Arc<Service>>, body: Bytes) -> Response {
+async fn json_rpc(
+    State(service): State<Arc<Service>>,
+    caller: Option<Extension<Caller>>,
+    body: Bytes,
+) -> Response {
     let received_at = std::time::Instant::now();
-    let response = rpc::handle_body(&body, &*service, received_at);
+    let sender = service.as_caller(caller.map(|Extension(c)| c.0));
+    let response = rpc::handle_body(&body, &sender, received_at);
     count_rpc(&service, &response.calls);
     let mut out = match response.body {
         Some(v) => Json(v).into_response(),
         None => StatusCode::OK.into_response(),
     };
-    if response.too_many {
-        too_many(&mut out);
+    if let Some(wait) = response.retry_after {
+        too_many(&mut out, wait);
     }
     out
 }
 
-/// Makes `response` a 429 that says when to come back (queues drain within a
-/// second at the rates they are sized for).
-fn too_many(response: &mut Response) {
+/// Makes `response` a 429 that says when to come back, in whole seconds, at least
+/// one (queues drain within a second at the rates they are sized for; a key's
+/// rate says when its next token is there).
+fn too_many(response: &mut Response, wait: std::time::Duration) {
     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Ok(v) = header::HeaderValue::from_str(&secs.max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
 }
 
 /// Counts each call by method and result, and refused sends by reason, from what
@@ -198,10 +225,12 @@ struct TxBody {
 
 async fn transactions(
     State(service): State<Arc<Service>>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let received_at = std::time::Instant::now();
+    let sender = service.as_caller(caller.map(|Extension(c)| c.0));
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -210,29 +239,31 @@ async fn transactions(
         match serde_json::from_slice::<TxBody>(&body) {
             Err(e) => Err(SendError::InvalidParams(format!("Invalid params: {e}."))),
             Ok(b) => Encoding::parse(b.encoding.as_deref().unwrap_or("base64"))
-                .and_then(|enc| validate::decode(&b.transaction, enc))
+                .and_then(|enc| validate::decode(&b.transaction, enc, service.checks()))
                 .map_err(SendError::from)
                 .and_then(|wire| {
-                    service.send_wire(
+                    rpc::submit(
+                        &sender,
                         wire,
-                        received_at,
                         SendOptions {
                             // No preflight unless asked: this route is for raw senders.
                             skip_preflight: b.skip_preflight.unwrap_or(true),
                             max_retries: b.max_retries,
                             ..SendOptions::default()
                         },
+                        received_at,
                     )
                 }),
         }
     } else {
-        service.send_wire(
+        rpc::submit(
+            &sender,
             body.to_vec(),
-            received_at,
             SendOptions {
                 skip_preflight: true,
                 ..SendOptions::default()
             },
+            received_at,
         )
     };
     match result {
@@ -252,8 +283,8 @@ fn refusal(e: &SendError) -> Response {
         Json(json!({ "error": e.rpc_error().to_json() })),
     )
         .into_response();
-    if out.status() == StatusCode::TOO_MANY_REQUESTS {
-        too_many(&mut out);
+    if let Some(wait) = e.retry_after() {
+        too_many(&mut out, wait);
     }
     out
 }
@@ -262,7 +293,9 @@ fn refusal(e: &SendError) -> Response {
 /// our failure (500), or the request's (400).
 fn status_of(e: &SendError) -> StatusCode {
     match e {
-        SendError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+        SendError::QueueFull | SendError::RateLimited { .. } | SendError::KeyShareFull => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         SendError::NotReady(_) | SendError::PreflightUnavailable(_) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -315,11 +348,18 @@ mod tests {
     #[test]
     fn too_many_says_when_to_retry() {
         let mut r = Json(json!({})).into_response();
-        too_many(&mut r);
+        too_many(&mut r, std::time::Duration::from_millis(200));
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(
             r.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()),
             Some(&b"1"[..])
+        );
+        let mut r = Json(json!({})).into_response();
+        too_many(&mut r, std::time::Duration::from_millis(2_100));
+        assert_eq!(
+            r.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()),
+            Some(&b"3"[..]),
+            "rounded up: never sooner than the next token"
         );
     }
     use crate::validate::ValidationError;

@@ -288,6 +288,30 @@ async fn admin_call(line: &str, service: &Service, configured: Option<&Path>) ->
             Some(path) => reload(service, path, Source::Admin).await,
             None => Err("no identity file is configured".into()),
         },
+        Some("getLeaderPolicy") => {
+            return match service.leader_policy() {
+                Some(p) => json!({"jsonrpc": "2.0", "id": id, "result": policy_json(&p)}),
+                None => error(id, -32000, "static leaders have no leader policy".into()),
+            };
+        }
+        Some("setLeaderPolicy") => {
+            let parsed = serde_json::from_value::<crate::config::LeadersSection>(first)
+                .map_err(|e| e.to_string())
+                .and_then(|section| section.policy().map_err(|e| format!("{e:#}")));
+            return match parsed.and_then(|p| service.set_leader_policy(p, "admin")) {
+                Ok(()) => match service.leader_policy() {
+                    Some(p) => json!({"jsonrpc": "2.0", "id": id, "result": policy_json(&p)}),
+                    None => error(id, -32000, "static leaders have no leader policy".into()),
+                },
+                Err(e) => error(id, -32000, e),
+            };
+        }
+        Some("reloadLeaderPolicy") => {
+            return match service.reload_leader_policy("admin") {
+                Ok(p) => json!({"jsonrpc": "2.0", "id": id, "result": policy_json(&p)}),
+                Err(e) => error(id, -32000, e),
+            };
+        }
         _ => return error(id, -32601, "Method not found".into()),
     };
     match result {
@@ -297,6 +321,21 @@ async fn admin_call(line: &str, service: &Service, configured: Option<&Path>) ->
             error(id, -32000, e)
         }
     }
+}
+
+/// A policy as the admin socket shows it: the `[leaders]` keys, sorted.
+fn policy_json(p: &leader_schedule::LeaderPolicy) -> Value {
+    let sorted = |set: &std::collections::HashSet<solana_sdk::pubkey::Pubkey>| {
+        let mut v: Vec<String> = set.iter().map(ToString::to_string).collect();
+        v.sort();
+        v
+    };
+    let overrides: std::collections::BTreeMap<String, String> = p
+        .overrides
+        .iter()
+        .map(|(k, a)| (k.to_string(), a.to_string()))
+        .collect();
+    json!({"deny": sorted(&p.deny), "allow": sorted(&p.allow), "tpu_overrides": overrides})
 }
 
 fn error(id: Value, code: i64, message: String) -> Value {

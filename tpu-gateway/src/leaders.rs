@@ -2,9 +2,9 @@
 //! TPU addresses (static mode: a private cluster, a test, or sending only to one's
 //! own validator).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use leader_schedule::{Fanout, TrackerHandle};
+use leader_schedule::{Fanout, LeaderPolicy, TrackerHandle};
 use solana_sdk::pubkey::Pubkey;
 
 /// The addresses to send to now and to keep connections warm for.
@@ -38,6 +38,20 @@ pub trait LeaderSource: Send + Sync + 'static {
     fn schedule_age(&self) -> Option<Duration>;
     /// The leader of `slot`, when known.
     fn leader_at(&self, slot: u64) -> Option<Pubkey>;
+    /// The leader policy in force (`None`: static leaders, which have none).
+    fn policy(&self) -> Option<Arc<LeaderPolicy>> {
+        None
+    }
+    /// Replaces the leader policy.
+    ///
+    /// # Errors
+    /// Static leaders: no identities to apply it to.
+    fn set_policy(&self, policy: LeaderPolicy) -> Result<(), String> {
+        if policy.is_open() {
+            return Ok(());
+        }
+        Err("static leaders have no identities: a leader policy needs cluster.rpc_urls".into())
+    }
 }
 
 /// A fixed list of TPU QUIC addresses.
@@ -123,5 +137,12 @@ impl LeaderSource for TrackedLeaders {
     }
     fn leader_at(&self, slot: u64) -> Option<Pubkey> {
         self.handle.leader_at(slot)
+    }
+    fn policy(&self) -> Option<Arc<LeaderPolicy>> {
+        Some(self.handle.policy())
+    }
+    fn set_policy(&self, policy: LeaderPolicy) -> Result<(), String> {
+        self.handle.set_policy(policy);
+        Ok(())
     }
 }

@@ -21,6 +21,7 @@
 //! - [`metrics`]: everything exported.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod dedup;
 pub mod http;
@@ -28,7 +29,9 @@ pub mod identity;
 pub mod leader_book;
 pub mod leaders;
 pub mod ledger;
+pub mod listener;
 pub mod metrics;
+pub mod privileges;
 pub mod refusals;
 pub mod rpc;
 pub mod service;
@@ -36,7 +39,7 @@ pub mod upstream;
 pub mod validate;
 pub mod websocket;
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use afterburner_quic::{EngineConfig, EngineHandle, Identity};
 use afterburner_xdp::{AnyIo, PacketPath, xdp::XdpConfig};
@@ -96,6 +99,17 @@ impl Gateway {
     /// # Errors
     /// As [`Self::start`].
     pub async fn start_with_latency_samples(config: Config, samples: usize) -> Result<Self> {
+        let io = open_packet_path(&config)?;
+        Self::start_with_io(config, io, samples).await
+    }
+
+    /// As [`Self::start_with_latency_samples`], on a packet path opened already
+    /// ([`open_packet_path`]: the binary opens it before its runtime starts, then
+    /// drops the capabilities it no longer needs).
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub async fn start_with_io(config: Config, io: AnyIo, samples: usize) -> Result<Self> {
         let identity = match &config.identity {
             Some(path) => Identity::from_keypair_file(path)
                 .with_context(|| format!("identity keypair {}", path.display()))?,
@@ -105,21 +119,7 @@ impl Gateway {
             }
         };
         tracing::info!(identity = %identity.pubkey(), "identity");
-
-        let path = match config.packet_path.kind {
-            PathKind::Udp => PacketPath::Udp(config.packet_path.bind),
-            PathKind::Xdp => PacketPath::Xdp {
-                config: XdpConfig {
-                    port: config.packet_path.xdp_port,
-                    ..XdpConfig::new(config.packet_path.interface.clone().unwrap_or_default())
-                },
-                fallback: config
-                    .packet_path
-                    .xdp_fallback_to_udp
-                    .then_some(config.packet_path.bind),
-            },
-        };
-        let io = AnyIo::open(&path).context("opening the packet path")?;
+        let path = packet_path(&config);
         let xdp_stats = io.xdp_stats();
 
         let metrics = Metrics::new().context("metrics")?;
@@ -136,7 +136,7 @@ impl Gateway {
                     websocket_urls: config.cluster.websocket_urls.clone(),
                     slot_duration: Duration::from_millis(config.cluster.slot_duration_ms),
                     stale_after: Duration::from_secs(config.cluster.stale_after_secs),
-                    overrides: HashMap::new(),
+                    policy: config.leaders.policy()?,
                     ..TrackerConfig::default()
                 };
                 let tracker = LeaderTracker::spawn(tracker_config, source, tracker_stats.clone());
@@ -173,6 +173,7 @@ impl Gateway {
             max_connections: config.engine.max_connections,
             busy_poll: config.engine.busy_poll,
             busy_poll_idle: Duration::from_millis(config.engine.busy_poll_idle_ms),
+            max_transaction_size: config.limits.max_transaction_size,
             ..EngineConfig::default()
         };
         let (outcome_tx, outcomes) = service::outcome_channel();
@@ -194,6 +195,23 @@ impl Gateway {
             )
             .context("metrics")?;
         metrics.engine_up.set(1);
+        let gate = match &config.auth.keys_file {
+            None => None,
+            Some(path) => {
+                let specs = auth::load_keys_file(path).map_err(anyhow::Error::msg)?;
+                let keys = auth::Keys::new(&specs, config.limits.max_tracked)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("auth.keys_file {}", path.display()))?;
+                for k in keys.all() {
+                    metrics.register_key(&k.name);
+                }
+                tracing::info!(keys = keys.all().len(), "API keys required");
+                Some(auth::Gate {
+                    keys: Arc::new(keys),
+                    unauthorized: metrics.api_unauthorized.clone(),
+                })
+            }
+        };
         metrics
             .identity_info
             .with_label_values(&[identity.pubkey().to_string().as_str()])
@@ -237,7 +255,10 @@ impl Gateway {
             slot_duration: Duration::from_millis(config.cluster.slot_duration_ms),
             dedup_window: Duration::from_secs(config.limits.dedup_window_secs),
             dedup_capacity: config.limits.dedup_capacity,
-            verify_signatures: config.validation.verify_signatures,
+            checks: validate::Checks {
+                max_size: config.limits.max_transaction_size,
+                verify_signatures: config.validation.verify_signatures,
+            },
             status_interval: Duration::from_millis(config.retry.status_interval_ms),
             latency_samples: samples,
             instance: instance_name(),
@@ -256,6 +277,12 @@ impl Gateway {
                 config.rpc.forward_concurrency,
             ),
         );
+        if tracker.is_some() {
+            // The gauges show the configured policy from the start.
+            service
+                .set_leader_policy(config.leaders.policy()?, "config")
+                .map_err(anyhow::Error::msg)?;
+        }
         let forwarder = Forwarder::new(intake, outcomes, engine, &service, rpc_client)
             .with_supervisor(supervisor);
         let (stop, stop_rx) = watch::channel(false);
@@ -270,15 +297,28 @@ impl Gateway {
             .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
         let rpc_addr = rpc_listener.local_addr()?;
         let metrics_addr = metrics_listener.local_addr()?;
+        let guard = listener::Guard {
+            max_connections: config.rpc.max_connections,
+            max_connections_per_ip: config.rpc.max_connections_per_ip,
+            header_timeout: Duration::from_millis(config.rpc.header_read_timeout_ms),
+            body_timeout: Duration::from_millis(config.rpc.body_read_timeout_ms),
+        };
+        let refused = service.metrics().connections_refused.clone();
         let mut tasks = vec![
-            serve(
+            listener::serve(
+                "rpc",
                 rpc_listener,
-                http::router(service.clone(), config.rpc.max_request_bytes),
+                http::router(service.clone(), config.rpc.max_request_bytes, gate.clone()),
+                guard,
+                refused.clone(),
                 stop_rx.clone(),
             ),
-            serve(
+            listener::serve(
+                "metrics",
                 metrics_listener,
                 http::metrics_router(service.clone()),
+                guard,
+                refused.clone(),
                 stop_rx.clone(),
             ),
         ];
@@ -294,7 +334,14 @@ impl Gateway {
                 config.rpc.websocket_max_subscriptions,
                 service.metrics().clone(),
             );
-            tasks.push(serve(listener, websocket::router(proxy), stop_rx.clone()));
+            tasks.push(listener::serve(
+                "websocket",
+                listener,
+                websocket::router(proxy, gate),
+                guard,
+                refused,
+                stop_rx.clone(),
+            ));
             Some(local)
         } else {
             None
@@ -333,6 +380,14 @@ impl Gateway {
             fatal,
             identity_file: config.identity.clone(),
         })
+    }
+
+    /// Re-reads the configuration's leader policy (SIGHUP, with the identity).
+    ///
+    /// # Errors
+    /// As [`Service::reload_leader_policy`].
+    pub fn reload_leader_policy(&self) -> Result<(), String> {
+        self.service.reload_leader_policy("sighup").map(|_| ())
     }
 
     /// Re-reads the configured identity file and switches to it (SIGHUP). Returns
@@ -397,26 +452,30 @@ impl Gateway {
 
 /// Serves `router` on `listener` until `stop` turns true (graceful: requests in
 /// progress finish).
-fn serve(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let shutdown = async move {
-            while !*stop.borrow() {
-                if stop.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    })
+/// The packet path `config` asks for.
+pub fn packet_path(config: &Config) -> PacketPath {
+    match config.packet_path.kind {
+        PathKind::Udp => PacketPath::Udp(config.packet_path.bind),
+        PathKind::Xdp => PacketPath::Xdp {
+            config: XdpConfig {
+                port: config.packet_path.xdp_port,
+                ..XdpConfig::new(config.packet_path.interface.clone().unwrap_or_default())
+            },
+            fallback: config
+                .packet_path
+                .xdp_fallback_to_udp
+                .then_some(config.packet_path.bind),
+        },
+    }
+}
+
+/// Opens the packet path `config` asks for (AF_XDP falling back to kernel UDP as
+/// configured).
+///
+/// # Errors
+/// Nothing could be opened (the error names why).
+pub fn open_packet_path(config: &Config) -> Result<AnyIo> {
+    AnyIo::open(&packet_path(config)).context("opening the packet path")
 }
 
 /// This instance's name: the host's (a pod's name in Kubernetes), else

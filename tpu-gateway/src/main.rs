@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
-use tpu_gateway::{Gateway, config::Config};
+use tpu_gateway::{Gateway, config::Sources, privileges};
 
 /// Afterburner's transaction gateway.
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(version, about)]
 struct Cli {
     /// Configuration file (TOML); `AFTERBURNER_SECTION__KEY` variables override it.
@@ -30,36 +30,63 @@ struct Cli {
     metrics_listen: Option<std::net::SocketAddr>,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    let mut config = Config::load(cli.config.as_deref())?;
-    if let Some(p) = cli.identity {
-        config.identity = Some(p);
+/// The configuration's sources, in order: the file, the environment, the flags.
+fn sources(cli: &Cli) -> Result<Sources> {
+    let mut sources = Sources::file(cli.config.as_deref())?.env(std::env::vars());
+    if let Some(p) = &cli.identity {
+        sources = sources.flag("identity", p);
     }
     if let Some(a) = cli.rpc_listen {
-        config.rpc.listen = a;
+        sources = sources.flag("rpc.listen", a);
     }
     if let Some(a) = cli.metrics_listen {
-        config.metrics.listen = a;
+        sources = sources.flag("metrics.listen", a);
     }
-    config.validate()?;
+    Ok(sources)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let config = sources(&cli)?.extract()?;
     if let Some(path) = &config.identity {
         solana_sdk::signature::read_keypair_file(path)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("identity keypair {}", path.display()))?;
+    }
+    if let Some(path) = &config.auth.keys_file {
+        let specs = tpu_gateway::auth::load_keys_file(path).map_err(anyhow::Error::msg)?;
+        tpu_gateway::auth::Keys::new(&specs, config.limits.max_tracked)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("auth.keys_file {}", path.display()))?;
     }
     if cli.check {
         println!("configuration ok");
         return Ok(());
     }
     tpu_gateway::init_logging(&config);
+    // Opened before the runtime starts any thread: capabilities are per thread,
+    // and every thread started after the drop inherits the reduced sets.
+    let io = tpu_gateway::open_packet_path(&config)?;
+    if config.packet_path.drop_capabilities {
+        let xdp = matches!(io, afterburner_xdp::AnyIo::Xdp(_));
+        let kept = privileges::keep_only(&privileges::needed(xdp))
+            .map_err(anyhow::Error::msg)
+            .context("dropping capabilities (packet_path.drop_capabilities)")?;
+        tracing::info!(kept = ?privileges::names(&kept), "capabilities dropped");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("tpu-gateway")
         .build()
         .context("tokio runtime")?;
     runtime.block_on(async move {
-        let mut gateway = Gateway::start(config).await?;
+        let mut gateway = Gateway::start_with_io(config, io, 0).await?;
+        let reload_cli = cli.clone();
+        gateway.service.set_config_loader(std::sync::Arc::new(move || {
+            sources(&reload_cli)
+                .and_then(Sources::extract)
+                .map_err(|e| format!("{e:#}"))
+        }));
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let failed = loop {
             tokio::select! {
@@ -68,10 +95,17 @@ fn main() -> Result<()> {
                     break None;
                 }
                 why = gateway.failed() => break Some(why),
-                _ = hup.recv() => match gateway.reload_identity().await {
-                    Ok(identity) => tracing::info!(%identity, "SIGHUP: identity reloaded"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: identity not reloaded; keeping the current one"),
-                },
+                _ = hup.recv() => {
+                    match gateway.reload_identity().await {
+                        Ok(identity) => tracing::info!(%identity, "SIGHUP: identity reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: identity not reloaded; keeping the current one"),
+                    }
+                    if gateway.service.leader_policy().is_some()
+                        && let Err(e) = gateway.reload_leader_policy()
+                    {
+                        tracing::error!(error = %e, "SIGHUP: leader policy not reloaded; keeping the current one");
+                    }
+                }
             }
         };
         tracing::info!("shutting down");
@@ -93,4 +127,23 @@ async fn wait_for_signal() -> Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// A variable the binary reads for itself must not also be read as a
+    /// configuration key (`AFTERBURNER_CONFIG` once failed as "unknown field").
+    #[test]
+    fn the_binarys_own_variables_are_not_configuration_keys() {
+        for arg in super::Cli::command().get_arguments() {
+            if let Some(var) = arg.get_env().and_then(|v| v.to_str()) {
+                assert!(
+                    tpu_gateway::config::NOT_CONFIG_VARIABLES.contains(&var),
+                    "{var} is read by the binary; add it to NOT_CONFIG_VARIABLES"
+                );
+            }
+        }
+    }
 }

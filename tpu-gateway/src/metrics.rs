@@ -250,9 +250,26 @@ pub struct Metrics {
     /// Engine threads that ended on their own (an I/O error, a panic), by what the
     /// gateway did about it.
     pub engine_failures: IntCounterVec,
+    /// Entries of the leader policy in force, by list (`deny`, `allow`, `overrides`).
+    pub leader_policy_entries: IntGaugeVec,
+    /// Connections closed on arrival by a listener's caps, by listener and reason
+    /// (`total`, `per_ip`).
+    pub connections_refused: IntCounterVec,
+    /// Transactions by API key (its configured name) and result (`accepted`,
+    /// `rate_limited`, `share_full`).
+    pub api_key_transactions: IntCounterVec,
+    /// Requests refused for their API key, by reason (`missing`, `unknown`).
+    pub api_unauthorized: IntCounterVec,
 }
 
 impl Metrics {
+    /// Creates every label of `key`, so its rates work from the first scrape.
+    pub fn register_key(&self, key: &str) {
+        for result in ["accepted", "rate_limited", "share_full"] {
+            self.api_key_transactions.with_label_values(&[key, result]);
+        }
+    }
+
     /// Registers everything, plus `afterburner_build_info`.
     ///
     /// # Errors
@@ -379,6 +396,28 @@ impl Metrics {
                 "Refused identity changes (not a keypair, unreadable, the engine did not take it); the old identity stays",
                 &["source"],
             )?,
+            leader_policy_entries: IntGaugeVec::new(
+                Opts::new(
+                    "afterburner_leader_policy_entries",
+                    "Entries of the leader policy in force, by list: deny (never sent to), allow (only these, when not empty), overrides (TPU addresses by identity)",
+                ),
+                &["list"],
+            )?,
+            connections_refused: counter_vec(
+                "afterburner_http_connections_refused_total",
+                "Connections closed on arrival because a listener's cap was reached, by listener (rpc, websocket, metrics) and reason (total: rpc.max_connections; per_ip: rpc.max_connections_per_ip)",
+                &["listener", "reason"],
+            )?,
+            api_key_transactions: counter_vec(
+                "afterburner_api_key_transactions_total",
+                "Transactions by API key (the key's configured name, never its secret) and result: accepted, rate_limited (over its tx_per_sec/burst), share_full (its queue_share of the ledger is taken)",
+                &["key", "result"],
+            )?,
+            api_unauthorized: counter_vec(
+                "afterburner_api_unauthorized_total",
+                "Requests answered 401 because their API key was missing or unknown",
+                &["reason"],
+            )?,
             leaders_refusing: IntGauge::new(
                 "afterburner_leaders_refusing",
                 "Leaders refusing our identity's connection now (too_many within the last 15 s, nothing written to them since)",
@@ -433,6 +472,10 @@ impl Metrics {
             Box::new(m.identity_switches.clone()),
             Box::new(m.identity_errors.clone()),
             Box::new(m.engine_failures.clone()),
+            Box::new(m.leader_policy_entries.clone()),
+            Box::new(m.connections_refused.clone()),
+            Box::new(m.api_key_transactions.clone()),
+            Box::new(m.api_unauthorized.clone()),
             Box::new(build),
         ] {
             m.registry.register(c)?;
@@ -443,6 +486,12 @@ impl Metrics {
         }
         for r in FIRST_DROP_LABELS {
             m.sends.with_label_values(&[r]);
+        }
+        for reason in ["missing", "unknown"] {
+            m.api_unauthorized.with_label_values(&[reason]);
+        }
+        for list in ["deny", "allow", "overrides"] {
+            m.leader_policy_entries.with_label_values(&[list]).set(0);
         }
         for a in ["restarted", "restart_failed", "exit"] {
             m.engine_failures.with_label_values(&[a]);

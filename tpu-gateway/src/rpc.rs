@@ -94,6 +94,10 @@ pub enum RejectReason {
     MinContextSlot,
     /// The send queue is full.
     QueueFull,
+    /// Over the API key's rate.
+    RateLimited,
+    /// The API key's share of the send queue is taken.
+    KeyShareFull,
     /// Not ready: shutting down, preflight RPC unreachable, or our own failure.
     NotReady,
 }
@@ -146,6 +150,15 @@ pub enum SendError {
     /// The send queue is full (HTTP 429): retry later.
     #[error("Too many requests: the send queue is full, retry later")]
     QueueFull,
+    /// Over the API key's rate (HTTP 429 with `Retry-After`).
+    #[error("Too many requests: over this API key's rate, retry in {} ms", .retry_after.as_millis())]
+    RateLimited {
+        /// Until a transaction fits the rate again.
+        retry_after: std::time::Duration,
+    },
+    /// The API key's transactions hold its whole share of the send queue (HTTP 429).
+    #[error("Too many requests: this API key's share of the send queue is full, retry later")]
+    KeyShareFull,
     /// Our failure (a poisoned lock).
     #[error("Internal error: {0}")]
     Internal(&'static str),
@@ -160,11 +173,11 @@ impl SendError {
             | Self::Invalid(
                 ValidationError::UnsupportedEncoding(_)
                 | ValidationError::UnknownEncoding(_)
-                | ValidationError::Base58TooLarge(_)
-                | ValidationError::Base64TooLarge(_)
+                | ValidationError::Base58TooLarge { .. }
+                | ValidationError::Base64TooLarge { .. }
                 | ValidationError::InvalidBase58(_)
                 | ValidationError::InvalidBase64(_)
-                | ValidationError::DecodedTooLarge(_)
+                | ValidationError::DecodedTooLarge { .. }
                 | ValidationError::Undeserializable(_)
                 | ValidationError::Unsanitary
                 | ValidationError::DuplicateAccount,
@@ -175,7 +188,7 @@ impl SendError {
             }
             Self::PreflightUnavailable(_) | Self::NotReady(_) => code::NODE_UNHEALTHY,
             Self::MinContextSlotNotReached { .. } => code::MIN_CONTEXT_SLOT_NOT_REACHED,
-            Self::QueueFull => code::QUEUE_FULL,
+            Self::QueueFull | Self::RateLimited { .. } | Self::KeyShareFull => code::QUEUE_FULL,
             Self::Internal(_) => code::INTERNAL_ERROR,
         };
         let data = match self {
@@ -206,9 +219,9 @@ impl SendError {
                 | ValidationError::UnknownEncoding(_)
                 | ValidationError::InvalidBase58(_)
                 | ValidationError::InvalidBase64(_) => RejectReason::Encoding,
-                ValidationError::Base58TooLarge(_)
-                | ValidationError::Base64TooLarge(_)
-                | ValidationError::DecodedTooLarge(_) => RejectReason::TooLarge,
+                ValidationError::Base58TooLarge { .. }
+                | ValidationError::Base64TooLarge { .. }
+                | ValidationError::DecodedTooLarge { .. } => RejectReason::TooLarge,
                 ValidationError::Undeserializable(_) => RejectReason::Undeserializable,
                 ValidationError::Unsanitary | ValidationError::DuplicateAccount => {
                     RejectReason::Sanitize
@@ -221,6 +234,18 @@ impl SendError {
             }
             Self::MinContextSlotNotReached { .. } => RejectReason::MinContextSlot,
             Self::QueueFull => RejectReason::QueueFull,
+            Self::RateLimited { .. } => RejectReason::RateLimited,
+            Self::KeyShareFull => RejectReason::KeyShareFull,
+        }
+    }
+
+    /// How long to tell the client to wait (HTTP 429's `Retry-After`), for the
+    /// refusals that are about load.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::QueueFull | Self::KeyShareFull => Some(std::time::Duration::from_secs(1)),
+            Self::RateLimited { retry_after } => Some(*retry_after),
+            _ => None,
         }
     }
 }
@@ -261,8 +286,8 @@ pub trait Sender: Send + Sync {
     /// # Errors
     /// The refusal, for the client.
     fn send(&self, request: SendRequest) -> Result<String, SendError>;
-    /// Whether signatures are verified.
-    fn verify_signatures(&self) -> bool;
+    /// What validation checks (size limit, signatures).
+    fn checks(&self) -> validate::Checks;
     /// Whether `method` is answered by the cluster RPC (drop-in RPC).
     fn forwards(&self, method: &str) -> bool;
     /// The cluster RPC's answer to a forwarded `method(params)`.
@@ -298,7 +323,7 @@ pub fn submit(
     options: SendOptions,
     received_at: Instant,
 ) -> Result<String, SendError> {
-    let tx = validate::validate(wire, sender.verify_signatures())?;
+    let tx = validate::validate(wire, sender.checks())?;
     let request = SendRequest {
         tx,
         options,
@@ -358,6 +383,8 @@ pub struct CallRecord {
     pub error_code: Option<i64>,
     /// Why a `sendTransaction` call was refused.
     pub reject: Option<RejectReason>,
+    /// For a refusal about load: how long to wait.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl CallRecord {
@@ -375,8 +402,11 @@ impl CallRecord {
 pub struct Response {
     /// The JSON body (`None`: nothing to send back, all notifications).
     pub body: Option<Value>,
-    /// HTTP 429 when the request (not a batch) was a send refused for a full queue.
+    /// HTTP 429 when the request (not a batch) was a send refused for load (a full
+    /// queue, the API key's rate or share).
     pub too_many: bool,
+    /// With `too_many`: how long to wait (`Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
     /// Every call in the body, in order, notifications included; a body that is not
     /// a request at all (malformed JSON, an empty batch) is one `invalid` call.
     pub calls: Vec<CallRecord>,
@@ -408,13 +438,15 @@ pub fn handle_body(body: &[u8], sender: &dyn Sender, received_at: Instant) -> Re
     };
     // A batch answers per item: one full queue does not turn its successes into a
     // 429.
-    let too_many = !batch
-        && calls
-            .iter()
-            .any(|c| c.reject == Some(RejectReason::QueueFull));
+    let retry_after = if batch {
+        None
+    } else {
+        calls.iter().filter_map(|c| c.retry_after).max()
+    };
     Response {
         body,
-        too_many,
+        too_many: retry_after.is_some(),
+        retry_after,
         calls,
     }
 }
@@ -430,6 +462,7 @@ fn refuse(method: Method, id: &Id, e: &RpcError, calls: &mut Vec<CallRecord>) ->
         error_code: Some(e.code),
         // A `sendTransaction` that is not a valid request is a refused transaction.
         reject: (method == Method::SendTransaction).then_some(RejectReason::InvalidParams),
+        retry_after: None,
     });
     error_response(id, e)
 }
@@ -473,11 +506,12 @@ fn handle_one(
         ));
     }
     let name = envelope.method.as_deref().unwrap_or_default();
-    let (result, reject) = call(method, name, envelope.params, sender, received_at);
+    let (result, refused) = call(method, name, envelope.params, sender, received_at);
     calls.push(CallRecord {
         method,
         error_code: result.as_ref().err().map(|e| e.code),
-        reject,
+        reject: refused.as_ref().map(SendError::reason),
+        retry_after: refused.as_ref().and_then(SendError::retry_after),
     });
     let id = id?;
     Some(match result {
@@ -493,12 +527,12 @@ fn call(
     params: Value,
     sender: &dyn Sender,
     received_at: Instant,
-) -> (Result<Value, RpcError>, Option<RejectReason>) {
+) -> (Result<Value, RpcError>, Option<SendError>) {
     match method {
         Method::Forwarded => (sender.forward(name, params), None),
         Method::SendTransaction => match send_transaction(params, sender, received_at) {
             Ok(signature) => (Ok(Value::String(signature)), None),
-            Err(e) => (Err(e.rpc_error()), Some(e.reason())),
+            Err(e) => (Err(e.rpc_error()), Some(e)),
         },
         Method::GetHealth => (
             sender.health().map(|()| json!("ok")).map_err(|why| {
@@ -539,7 +573,7 @@ fn send_transaction(
 ) -> Result<String, SendError> {
     let (data, options) = parse_send_params(params)?;
     let encoding = Encoding::parse(options.encoding.as_deref().unwrap_or("base58"))?;
-    let wire = validate::decode(&data, encoding)?;
+    let wire = validate::decode(&data, encoding, sender.checks())?;
     submit(sender, wire, options, received_at)
 }
 
@@ -779,8 +813,8 @@ mod tests {
             Ok(json!({"forwarded": method, "params": params}))
         }
 
-        fn verify_signatures(&self) -> bool {
-            true
+        fn checks(&self) -> validate::Checks {
+            validate::Checks::default()
         }
         fn health(&self) -> Result<(), String> {
             Err("no leader schedule".into())
@@ -800,6 +834,8 @@ mod tests {
             method,
             error_code: code,
             reject,
+            retry_after: (reject == Some(RejectReason::QueueFull))
+                .then_some(std::time::Duration::from_secs(1)),
         }
     }
 
@@ -826,6 +862,8 @@ mod tests {
                 "preflight",
                 "min_context_slot",
                 "queue_full",
+                "rate_limited",
+                "key_share_full",
                 "not_ready",
             ]
         );
@@ -852,7 +890,8 @@ mod tests {
         let base64_error =
             base64::Engine::decode(&base64::prelude::BASE64_STANDARD, "!!!!").unwrap_err();
         let simulation = json!({"err": "AccountNotFound", "logs": []});
-        let cases: Vec<(SendError, i64, String, Option<Value>, &str)> = vec![
+        let cases: Vec<(SendError, i64, String, Option<Value>, &str)> =
+            vec![
             (
                 SendError::InvalidParams("Invalid params: x.".into()),
                 -32602,
@@ -877,14 +916,14 @@ mod tests {
                 "encoding",
             ),
             (
-                ValidationError::Base58TooLarge(1684).into(),
+                ValidationError::Base58TooLarge { len: 1684, max: 1683, raw: 1232 }.into(),
                 -32602,
                 format!("base58 encoded {name} too large: 1684 bytes (max: encoded/raw 1683/1232)"),
                 None,
                 "too_large",
             ),
             (
-                ValidationError::Base64TooLarge(1645).into(),
+                ValidationError::Base64TooLarge { len: 1645, max: 1644, raw: 1232 }.into(),
                 -32602,
                 format!("base64 encoded {name} too large: 1645 bytes (max: encoded/raw 1644/1232)"),
                 None,
@@ -905,7 +944,7 @@ mod tests {
                 "encoding",
             ),
             (
-                ValidationError::DecodedTooLarge(1233).into(),
+                ValidationError::DecodedTooLarge { len: 1233, max: 1232 }.into(),
                 -32602,
                 format!("decoded {name} too large: 1233 bytes (max: 1232 bytes)"),
                 None,
@@ -992,6 +1031,23 @@ mod tests {
                 "Too many requests: the send queue is full, retry later".into(),
                 None,
                 "queue_full",
+            ),
+            (
+                SendError::RateLimited {
+                    retry_after: std::time::Duration::from_millis(450),
+                },
+                -32090,
+                "Too many requests: over this API key's rate, retry in 450 ms".into(),
+                None,
+                "rate_limited",
+            ),
+            (
+                SendError::KeyShareFull,
+                -32090,
+                "Too many requests: this API key's share of the send queue is full, retry later"
+                    .into(),
+                None,
+                "key_share_full",
             ),
             (
                 SendError::Internal("dedup lock poisoned"),

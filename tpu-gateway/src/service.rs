@@ -20,6 +20,7 @@ use afterburner_quic::{
     Submission,
 };
 use arc_swap::ArcSwap;
+use leader_schedule::LeaderPolicy;
 use prometheus::IntCounter;
 use serde_json::{Value, json};
 use solana_commitment_config::CommitmentConfig;
@@ -32,6 +33,7 @@ use solana_sdk::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
 use crate::{
+    auth,
     config::OnEngineFailure,
     dedup::Dedup,
     identity::{self, SharedIdentity},
@@ -73,8 +75,9 @@ pub struct ServiceConfig {
     pub dedup_window: Duration,
     /// Duplicate memory bound.
     pub dedup_capacity: usize,
-    /// Verify signatures before sending.
-    pub verify_signatures: bool,
+    /// What validation checks (`limits.max_transaction_size`,
+    /// `validation.verify_signatures`).
+    pub checks: validate::Checks,
     /// How often landed status is asked for (`getSignatureStatuses`).
     pub status_interval: Duration,
     /// Keep up to this many raw request -> wire latencies (benchmarks; 0: none).
@@ -99,7 +102,7 @@ impl Default for ServiceConfig {
             slot_duration: Duration::from_millis(400),
             dedup_window: Duration::from_secs(60),
             dedup_capacity: 200_000,
-            verify_signatures: true,
+            checks: validate::Checks::default(),
             status_interval: Duration::from_secs(1),
             latency_samples: 0,
             instance: "afterburner".into(),
@@ -224,13 +227,18 @@ pub struct Admitted {
     lifetime: Lifetime,
     /// A place in the ledger, held until the transaction ends.
     room: OwnedSemaphorePermit,
+    /// A place in its API key's share, held as long.
+    key_place: Option<OwnedSemaphorePermit>,
+    /// Its API key's index (lifecycle and events are scoped by it).
+    client: Option<u16>,
 }
 
 /// A question for the forwarder, answered from the ledger it owns.
 #[derive(Debug)]
 pub enum Query {
-    /// The lifecycle record of the newest transaction with this signature.
-    Lifecycle(Signature, oneshot::Sender<Option<Value>>),
+    /// The lifecycle record of the newest transaction with this signature (with a
+    /// client: only if that API key sent it).
+    Lifecycle(Signature, Option<u16>, oneshot::Sender<Option<Value>>),
     /// The upcoming leaders, our connections to them and their records.
     Leaders(oneshot::Sender<Value>),
     /// Present this keypair from now on (asked by `source`).
@@ -274,7 +282,13 @@ pub struct Service {
     /// Shutdown has begun: `/ready` says so while sends are still accepted.
     unready: AtomicBool,
     samples: Arc<Mutex<Samples>>,
+    /// Reads the configuration again (set by the binary: file, environment, flags),
+    /// for `reloadLeaderPolicy` and SIGHUP.
+    config_loader: std::sync::OnceLock<ConfigLoader>,
 }
+
+/// Reads the configuration again, as at startup.
+pub type ConfigLoader = Arc<dyn Fn() -> Result<crate::config::Config, String> + Send + Sync>;
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -317,6 +331,7 @@ impl Service {
                 accepting: AtomicBool::new(true),
                 unready: AtomicBool::new(false),
                 samples: Arc::new(Mutex::new(Samples::default())),
+                config_loader: std::sync::OnceLock::new(),
             }),
             Intake {
                 admitted,
@@ -353,7 +368,27 @@ impl Service {
     /// [`SendError::QueueFull`] when too many questions wait; `NotReady` when the
     /// forwarder has stopped or does not answer in time.
     pub async fn lifecycle(&self, signature: Signature) -> Result<Option<Value>, SendError> {
-        self.ask(|reply| Query::Lifecycle(signature, reply)).await
+        self.lifecycle_for(signature, None).await
+    }
+
+    /// As [`Self::lifecycle`], seen by API key `client` (`None`: no keys): another
+    /// key's transaction is `None`, as one never seen.
+    ///
+    /// # Errors
+    /// As [`Self::lifecycle`].
+    pub async fn lifecycle_for(
+        &self,
+        signature: Signature,
+        client: Option<u16>,
+    ) -> Result<Option<Value>, SendError> {
+        self.ask(|reply| Query::Lifecycle(signature, client, reply))
+            .await
+    }
+
+    /// This service as seen by a request from `key` (`None`: no API keys
+    /// configured): sends charge the key's rate and share, lifecycles are its own.
+    pub fn as_caller(&self, key: Option<Arc<auth::Key>>) -> AsCaller<'_> {
+        AsCaller { service: self, key }
     }
 
     /// Asks the forwarder `query` (made with the reply channel) and waits for the
@@ -415,6 +450,55 @@ impl Service {
         self.ask(|reply| Query::SetIdentity(Box::new(keypair), source, reply))
             .await
             .map_err(|e| e.to_string())?
+    }
+
+    /// The leader policy in force (`None`: static leaders).
+    pub fn leader_policy(&self) -> Option<Arc<LeaderPolicy>> {
+        self.leaders.policy()
+    }
+
+    /// Replaces the leader policy: the next fanout answer follows it.
+    ///
+    /// # Errors
+    /// Static leaders (no identities to apply it to).
+    pub fn set_leader_policy(&self, policy: LeaderPolicy, source: &str) -> Result<(), String> {
+        let (deny, allow, overrides) = (
+            policy.deny.len(),
+            policy.allow.len(),
+            policy.overrides.len(),
+        );
+        self.leaders.set_policy(policy)?;
+        for (list, n) in [("deny", deny), ("allow", allow), ("overrides", overrides)] {
+            self.metrics
+                .leader_policy_entries
+                .with_label_values(&[list])
+                .set(n as i64);
+        }
+        tracing::info!(source, deny, allow, overrides, "leader policy in force");
+        Ok(())
+    }
+
+    /// Sets how the configuration is read again (the binary: file, environment,
+    /// flags); without one, `reloadLeaderPolicy` and SIGHUP leave the policy alone.
+    pub fn set_config_loader(&self, loader: ConfigLoader) {
+        let _ = self.config_loader.set(loader);
+    }
+
+    /// Reads the configuration again and applies its `[leaders]` policy.
+    ///
+    /// # Errors
+    /// No loader set, the configuration does not load (the old policy stays), or
+    /// static leaders.
+    pub fn reload_leader_policy(&self, source: &str) -> Result<Arc<LeaderPolicy>, String> {
+        let loader = self
+            .config_loader
+            .get()
+            .ok_or("the configuration cannot be reloaded here (no loader)")?;
+        let config = loader()?;
+        let policy = config.leaders.policy().map_err(|e| format!("{e:#}"))?;
+        self.set_leader_policy(policy, source)?;
+        self.leader_policy()
+            .ok_or_else(|| "static leaders have no policy".to_string())
     }
 
     /// Counts a refused identity change from `source`.
@@ -525,20 +609,6 @@ impl Service {
         &self.metrics
     }
 
-    /// Accepts raw wire bytes (the `/v1/transactions` route), through the same
-    /// path as `sendTransaction` ([`rpc::submit`]).
-    ///
-    /// # Errors
-    /// The same refusals `sendTransaction` gives.
-    pub fn send_wire(
-        &self,
-        wire: Vec<u8>,
-        received_at: Instant,
-        options: rpc::SendOptions,
-    ) -> Result<String, SendError> {
-        rpc::submit(self, wire, options, received_at)
-    }
-
     /// Counts a refusal under its reason.
     pub fn count_reject(&self, reason: RejectReason) {
         self.metrics
@@ -548,8 +618,13 @@ impl Service {
     }
 }
 
-impl rpc::Sender for Service {
-    fn send(&self, request: SendRequest) -> Result<String, SendError> {
+impl Service {
+    /// Admits `request` for API key `key` (`None`: no keys configured).
+    fn send_keyed(
+        &self,
+        request: SendRequest,
+        key: Option<&auth::Key>,
+    ) -> Result<String, SendError> {
         let validated = request.received_at.elapsed();
         let sig = request.tx.signature;
         let sig_text = sig.to_string();
@@ -576,6 +651,20 @@ impl rpc::Sender for Service {
             }
             e
         };
+        let key_place = match key.map(|k| (k, k.admit(Instant::now()))) {
+            None => None,
+            Some((_, Ok(place))) => Some(place),
+            Some((k, Err(limit))) => {
+                let (result, e) = match limit {
+                    auth::KeyLimit::Rate(wait) => {
+                        ("rate_limited", SendError::RateLimited { retry_after: wait })
+                    }
+                    auth::KeyLimit::Share => ("share_full", SendError::KeyShareFull),
+                };
+                self.count_key(k, result);
+                return Err(forget(e));
+            }
+        };
         let Ok(room) = self.room.clone().try_acquire_owned() else {
             // Every place in the ledger is taken: they free up as transactions end.
             return Err(forget(SendError::QueueFull));
@@ -588,6 +677,9 @@ impl rpc::Sender for Service {
         })?;
         self.metrics.accounting.accept();
         self.metrics.queue_depth.inc();
+        if let Some(k) = key {
+            self.count_key(k, "accepted");
+        }
         if self.config.latency_samples > 0
             && let Ok(mut s) = self.samples.lock()
             && s.validated.len() < self.config.latency_samples
@@ -614,12 +706,67 @@ impl rpc::Sender for Service {
                 }
             },
             room,
+            key_place,
+            client: key.map(|k| k.index),
         });
         Ok(sig_text)
     }
 
-    fn verify_signatures(&self) -> bool {
-        self.config.verify_signatures
+    fn count_key(&self, key: &auth::Key, result: &str) {
+        self.metrics
+            .api_key_transactions
+            .with_label_values(&[key.name.as_str(), result])
+            .inc();
+    }
+}
+
+/// The service as one API key's request sees it (see [`Service::as_caller`]).
+#[derive(Debug)]
+pub struct AsCaller<'a> {
+    service: &'a Service,
+    key: Option<Arc<auth::Key>>,
+}
+
+impl rpc::Sender for AsCaller<'_> {
+    fn send(&self, request: SendRequest) -> Result<String, SendError> {
+        self.service.send_keyed(request, self.key.as_deref())
+    }
+    fn checks(&self) -> validate::Checks {
+        self.service.checks()
+    }
+    fn forwards(&self, method: &str) -> bool {
+        self.service.forwards(method)
+    }
+    fn forward(&self, method: &str, params: Value) -> Result<Value, rpc::RpcError> {
+        self.service.forward(method, params)
+    }
+    fn lifecycle(&self, signature: Signature) -> Result<Option<Value>, SendError> {
+        let client = self.key.as_ref().map(|k| k.index);
+        let handle = tokio::runtime::Handle::current();
+        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            return Err(SendError::Internal(
+                "lifecycle needs a multi-threaded runtime",
+            ));
+        }
+        tokio::task::block_in_place(|| {
+            handle.block_on(self.service.lifecycle_for(signature, client))
+        })
+    }
+    fn health(&self) -> Result<(), String> {
+        self.service.health()
+    }
+    fn preflight(&self, request: &SendRequest) -> Result<(), SendError> {
+        self.service.preflight(request)
+    }
+}
+
+impl rpc::Sender for Service {
+    fn send(&self, request: SendRequest) -> Result<String, SendError> {
+        self.send_keyed(request, None)
+    }
+
+    fn checks(&self) -> validate::Checks {
+        self.config.checks
     }
 
     fn forwards(&self, method: &str) -> bool {
@@ -744,7 +891,9 @@ pub struct Forwarder {
     status_rpc: Option<Arc<ClusterRpc>>,
     ledger: Ledger,
     /// Each live transaction's place in the ledger, released when it ends.
-    rooms: HashMap<TxId, OwnedSemaphorePermit>,
+    /// Each live transaction's places (the ledger's, its API key's), given back
+    /// when it ends.
+    rooms: HashMap<TxId, (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)>,
     /// Per-leader sends and landings.
     book: LeaderBook,
     /// `leader_sends_total` counters by leader (sent, dropped), looked up once each:
@@ -1071,11 +1220,12 @@ impl Forwarder {
                 }
                 let _ = reply.send(result);
             }
-            Query::Lifecycle(signature, reply) => {
+            Query::Lifecycle(signature, client, reply) => {
                 let now = Instant::now();
                 let record = self
                     .ledger
                     .find(&signature)
+                    .filter(|r| client.is_none() || r.client == client)
                     .map(|r| lifecycle_json(r, now, &self.config.instance));
                 // The asker may have given up: nothing to do then.
                 let _ = reply.send(record);
@@ -1151,10 +1301,11 @@ impl Forwarder {
                 max_retries: a.max_retries,
                 received_at: a.received_at,
                 lifetime: a.lifetime,
+                client: a.client,
             },
             now,
         );
-        self.rooms.insert(id, a.room);
+        self.rooms.insert(id, (a.room, a.key_place));
         self.metrics.tracked.set(self.ledger.live() as i64);
         self.emit(id, now, || json!({"event": "accepted"}));
     }
@@ -1178,6 +1329,7 @@ impl Forwarder {
         // No receiver left since the check: nothing to do.
         let _ = self.events.send(Arc::new(Event {
             signature: r.signature,
+            client: r.client,
             data: event,
         }));
     }
@@ -1469,6 +1621,8 @@ impl Forwarder {
 pub struct Event {
     /// The transaction.
     pub signature: Signature,
+    /// Its API key's index (subscribers with a key see their own only).
+    pub client: Option<u16>,
     /// What happened.
     pub data: Value,
 }
@@ -1644,7 +1798,7 @@ mod tests {
     fn request() -> SendRequest {
         let wire = afterburner_test_support::signed_transfers(&Keypair::new(), 1).remove(0);
         SendRequest {
-            tx: validate::validate(wire, true).expect("valid"),
+            tx: validate::validate(wire, validate::Checks::default()).expect("valid"),
             options: rpc::SendOptions {
                 skip_preflight: true,
                 ..rpc::SendOptions::default()

@@ -19,6 +19,41 @@ pub const MAX_BASE58_SIZE: usize = 1683;
 /// agave's limit on a base64-encoded transaction.
 pub const MAX_BASE64_SIZE: usize = 1644;
 
+/// What validation checks beyond the format: the size limit (`limits.max_transaction_size`)
+/// and whether signatures are verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checks {
+    /// Largest wire transaction, in bytes.
+    pub max_size: usize,
+    /// Verify every signature.
+    pub verify_signatures: bool,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Self {
+            max_size: PACKET_DATA_SIZE,
+            verify_signatures: true,
+        }
+    }
+}
+
+impl Checks {
+    /// Base58 characters `max_size` bytes can take: ceil(n · log 256 / log 58), as
+    /// agave derives its 1683 for 1232.
+    pub fn max_base58(&self) -> usize {
+        if self.max_size == PACKET_DATA_SIZE {
+            return MAX_BASE58_SIZE;
+        }
+        (self.max_size as f64 * 256f64.ln() / 58f64.ln()).ceil() as usize
+    }
+
+    /// Base64 characters `max_size` bytes take: 4 · ceil(n / 3) (1644 for 1232).
+    pub fn max_base64(&self) -> usize {
+        self.max_size.div_ceil(3) * 4
+    }
+}
+
 /// The type name agave puts in its messages (`type_name::<VersionedTransaction>()`).
 fn tx_type() -> &'static str {
     type_name::<VersionedTransaction>()
@@ -39,20 +74,30 @@ pub enum ValidationError {
     UnknownEncoding(String),
     /// More base58 characters than a 1232-byte transaction can take.
     #[error(
-        "base58 encoded {name} too large: {0} bytes (max: encoded/raw {max}/{raw})",
-        name = tx_type(),
-        max = MAX_BASE58_SIZE,
-        raw = PACKET_DATA_SIZE
+        "base58 encoded {name} too large: {len} bytes (max: encoded/raw {max}/{raw})",
+        name = tx_type()
     )]
-    Base58TooLarge(usize),
+    Base58TooLarge {
+        /// Its length.
+        len: usize,
+        /// The encoded limit.
+        max: usize,
+        /// The raw limit.
+        raw: usize,
+    },
     /// More base64 characters than a 1232-byte transaction can take.
     #[error(
-        "base64 encoded {name} too large: {0} bytes (max: encoded/raw {max}/{raw})",
-        name = tx_type(),
-        max = MAX_BASE64_SIZE,
-        raw = PACKET_DATA_SIZE
+        "base64 encoded {name} too large: {len} bytes (max: encoded/raw {max}/{raw})",
+        name = tx_type()
     )]
-    Base64TooLarge(usize),
+    Base64TooLarge {
+        /// Its length.
+        len: usize,
+        /// The encoded limit.
+        max: usize,
+        /// The raw limit.
+        raw: usize,
+    },
     /// Not base58.
     #[error("invalid base58 encoding: {0:?}")]
     InvalidBase58(bs58::decode::Error),
@@ -60,12 +105,13 @@ pub enum ValidationError {
     #[error("invalid base64 encoding: {0:?}")]
     InvalidBase64(base64::DecodeError),
     /// Decoded, but larger than a packet.
-    #[error(
-        "decoded {name} too large: {0} bytes (max: {raw} bytes)",
-        name = tx_type(),
-        raw = PACKET_DATA_SIZE
-    )]
-    DecodedTooLarge(usize),
+    #[error("decoded {name} too large: {len} bytes (max: {max} bytes)", name = tx_type())]
+    DecodedTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// bincode refused it; the text is bincode's (not `Clone`, so kept as text).
     #[error("failed to deserialize {name}: {0}", name = tx_type())]
     Undeserializable(String),
@@ -147,19 +193,31 @@ pub fn durable_nonce_account(tx: &VersionedTransaction) -> Option<Option<Pubkey>
 ///
 /// # Errors
 /// The encoded size limit, or the text is not in `encoding`.
-pub fn decode(encoded: &str, encoding: Encoding) -> Result<Vec<u8>, ValidationError> {
+pub fn decode(
+    encoded: &str,
+    encoding: Encoding,
+    checks: Checks,
+) -> Result<Vec<u8>, ValidationError> {
     match encoding {
         Encoding::Base58 => {
-            if encoded.len() > MAX_BASE58_SIZE {
-                return Err(ValidationError::Base58TooLarge(encoded.len()));
+            if encoded.len() > checks.max_base58() {
+                return Err(ValidationError::Base58TooLarge {
+                    len: encoded.len(),
+                    max: checks.max_base58(),
+                    raw: checks.max_size,
+                });
             }
             bs58::decode(encoded)
                 .into_vec()
                 .map_err(ValidationError::InvalidBase58)
         }
         Encoding::Base64 => {
-            if encoded.len() > MAX_BASE64_SIZE {
-                return Err(ValidationError::Base64TooLarge(encoded.len()));
+            if encoded.len() > checks.max_base64() {
+                return Err(ValidationError::Base64TooLarge {
+                    len: encoded.len(),
+                    max: checks.max_base64(),
+                    raw: checks.max_size,
+                });
             }
             BASE64_STANDARD
                 .decode(encoded)
@@ -169,16 +227,19 @@ pub fn decode(encoded: &str, encoding: Encoding) -> Result<Vec<u8>, ValidationEr
 }
 
 /// Checks raw wire bytes: size, deserialization, sanitizing, and (when
-/// `verify_signatures`) every signature.
+/// `checks.verify_signatures`) every signature.
 ///
 /// # Errors
 /// The first check that fails.
-pub fn validate(wire: Vec<u8>, verify_signatures: bool) -> Result<Validated, ValidationError> {
-    if wire.len() > PACKET_DATA_SIZE {
-        return Err(ValidationError::DecodedTooLarge(wire.len()));
+pub fn validate(wire: Vec<u8>, checks: Checks) -> Result<Validated, ValidationError> {
+    if wire.len() > checks.max_size {
+        return Err(ValidationError::DecodedTooLarge {
+            len: wire.len(),
+            max: checks.max_size,
+        });
     }
     let transaction: VersionedTransaction = bincode::options()
-        .with_limit(PACKET_DATA_SIZE as u64)
+        .with_limit(checks.max_size as u64)
         .with_fixint_encoding()
         .allow_trailing_bytes()
         .deserialize_from(&wire[..])
@@ -187,7 +248,7 @@ pub fn validate(wire: Vec<u8>, verify_signatures: bool) -> Result<Validated, Val
     let Some(&signature) = transaction.signatures.first() else {
         return Err(ValidationError::Unsanitary);
     };
-    if verify_signatures && !transaction.verify_with_results().iter().all(|ok| *ok) {
+    if checks.verify_signatures && !transaction.verify_with_results().iter().all(|ok| *ok) {
         return Err(ValidationError::BadSignature);
     }
     Ok(Validated {
@@ -223,6 +284,15 @@ mod tests {
     };
     use solana_system_interface::instruction as system_instruction;
 
+    const ON: Checks = Checks {
+        max_size: PACKET_DATA_SIZE,
+        verify_signatures: true,
+    };
+    const OFF: Checks = Checks {
+        max_size: PACKET_DATA_SIZE,
+        verify_signatures: false,
+    };
+
     fn transfer() -> (Vec<u8>, Signature) {
         let payer = Keypair::new();
         let ix = system_instruction::transfer(&payer.pubkey(), &Pubkey::new_unique(), 1);
@@ -242,7 +312,7 @@ mod tests {
             (Encoding::Base58, bs58::encode(&wire).into_string()),
             (Encoding::Base64, BASE64_STANDARD.encode(&wire)),
         ] {
-            let v = validate(decode(&text, enc).unwrap(), true).unwrap();
+            let v = validate(decode(&text, enc, ON).unwrap(), ON).unwrap();
             assert_eq!(v.signature, sig);
             assert_eq!(&v.wire[..], &wire[..]);
         }
@@ -255,6 +325,47 @@ mod tests {
             "solana_transaction::versioned::VersionedTransaction"
         );
         assert_eq!(PACKET_DATA_SIZE, 1232);
+    }
+
+    /// The encoded limits follow the raw one as agave derives them (1683/1644 for
+    /// 1232), and a smaller `max_transaction_size` is enforced at each step.
+    #[test]
+    fn the_size_limit_is_one_knob() {
+        assert_eq!(ON.max_base64(), MAX_BASE64_SIZE);
+        let derived = (1232f64 * 256f64.ln() / 58f64.ln()).ceil() as usize;
+        assert_eq!(derived, MAX_BASE58_SIZE);
+        let (wire, _) = transfer();
+        let small = Checks {
+            max_size: wire.len() - 1,
+            verify_signatures: true,
+        };
+        assert_eq!(
+            validate(wire.clone(), small).unwrap_err(),
+            ValidationError::DecodedTooLarge {
+                len: wire.len(),
+                max: wire.len() - 1
+            }
+        );
+        let text = BASE64_STANDARD.encode(vec![0u8; small.max_size + 3]);
+        assert!(matches!(
+            decode(&text, Encoding::Base64, small),
+            Err(ValidationError::Base64TooLarge { .. })
+        ));
+        let text = bs58::encode(vec![7u8; small.max_size + 8]).into_string();
+        assert!(matches!(
+            decode(&text, Encoding::Base58, small),
+            Err(ValidationError::Base58TooLarge { .. })
+        ));
+        assert!(
+            validate(
+                wire.clone(),
+                Checks {
+                    max_size: wire.len(),
+                    ..ON
+                }
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -295,14 +406,14 @@ mod tests {
         let (mut wire, _) = transfer();
         // The first signature starts after the 1-byte count.
         wire[1] ^= 1;
-        let e = validate(wire.clone(), true).unwrap_err();
+        let e = validate(wire.clone(), ON).unwrap_err();
         assert_eq!(e, ValidationError::BadSignature);
         assert_eq!(
             e.to_string(),
             "Transaction simulation failed: Transaction signature verification failure"
         );
         assert!(
-            validate(wire, false).is_ok(),
+            validate(wire, OFF).is_ok(),
             "verification can be turned off"
         );
     }
@@ -318,7 +429,7 @@ mod tests {
             signatures: vec![Signature::default()],
             message,
         };
-        let e = validate(bincode::serialize(&tx).unwrap(), false).unwrap_err();
+        let e = validate(bincode::serialize(&tx).unwrap(), OFF).unwrap_err();
         assert_eq!(e, ValidationError::DuplicateAccount);
         assert_eq!(
             e.to_string(),
@@ -350,34 +461,34 @@ mod tests {
                     .into(),
             ),
             (
-                decode(&"1".repeat(1684), Encoding::Base58),
+                decode(&"1".repeat(1684), Encoding::Base58, ON),
                 format!("base58 encoded {name} too large: 1684 bytes (max: encoded/raw 1683/1232)"),
             ),
             (
-                decode(&"A".repeat(1648), Encoding::Base64),
+                decode(&"A".repeat(1648), Encoding::Base64, ON),
                 format!("base64 encoded {name} too large: 1648 bytes (max: encoded/raw 1644/1232)"),
             ),
             (
-                decode("0OIl", Encoding::Base58),
+                decode("0OIl", Encoding::Base58, ON),
                 "invalid base58 encoding: InvalidCharacter { character: '0', index: 0 }".into(),
             ),
             (
-                decode("!!!!", Encoding::Base64),
+                decode("!!!!", Encoding::Base64, ON),
                 "invalid base64 encoding: InvalidByte(0, 33)".into(),
             ),
             (
-                validate(vec![1; 1233], false).map(|_| vec![]),
+                validate(vec![1; 1233], OFF).map(|_| vec![]),
                 format!("decoded {name} too large: 1233 bytes (max: 1232 bytes)"),
             ),
             (
-                validate(vec![0xff; 1230], false).map(|_| vec![]),
+                validate(vec![0xff; 1230], OFF).map(|_| vec![]),
                 format!(
                     "failed to deserialize {name}: invalid value: continue signal on byte-three, \
                      expected a terminal signal on or before byte-three"
                 ),
             ),
             (
-                validate(no_signatures, false).map(|_| vec![]),
+                validate(no_signatures, OFF).map(|_| vec![]),
                 "invalid transaction: Transaction failed to sanitize accounts offsets correctly"
                     .into(),
             ),

@@ -158,8 +158,18 @@ impl WsProxy {
 }
 
 /// The websocket listener's router.
-pub fn router(proxy: Arc<WsProxy>) -> Router {
-    Router::new().route("/", get(upgrade)).with_state(proxy)
+/// The proxy's router; with `gate` (API keys configured), the upgrade needs a key
+/// (browsers cannot set headers on a websocket: `?api-key=` works too).
+pub fn router(proxy: Arc<WsProxy>, gate: Option<crate::auth::Gate>) -> Router {
+    let router = Router::new().route("/", get(upgrade));
+    let router = match gate {
+        Some(gate) => router.layer(axum::middleware::from_fn_with_state(
+            gate,
+            crate::auth::require_key,
+        )),
+        None => router,
+    };
+    router.with_state(proxy)
 }
 
 async fn upgrade(State(proxy): State<Arc<WsProxy>>, ws: WebSocketUpgrade) -> Response {

@@ -122,6 +122,17 @@ struct Running {
 }
 
 fn start_binary(dir: &Path, identity: &Path, leader: std::net::SocketAddr, extra: &str) -> Running {
+    start_binary_env(dir, identity, leader, extra, &[])
+}
+
+/// As [`start_binary`], with `AFTERBURNER_*` variables for the child.
+fn start_binary_env(
+    dir: &Path,
+    identity: &Path,
+    leader: std::net::SocketAddr,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Running {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -141,6 +152,7 @@ fn start_binary(dir: &Path, identity: &Path, leader: std::net::SocketAddr, extra
         .arg("--config")
         .arg(&cfg)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -361,4 +373,75 @@ mod reqwest {
             })
         }
     }
+}
+
+/// The capability sets of every thread of process `pid`, as /proc shows them.
+fn thread_capabilities(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        for line in status.lines().filter(|l| l.starts_with("Cap")) {
+            let (k, v) = line.split_once(':').unwrap();
+            out.push((k.to_string(), v.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// After the packet path is open the process keeps no capability (kernel UDP
+/// needs none to run): every set of every thread is empty in /proc. With
+/// `packet_path.drop_capabilities = false` a root process keeps its own. Root only
+/// (elsewhere there is nothing to drop); under `CI=true` it must run.
+#[test]
+fn capabilities_are_dropped_after_setup() {
+    if !support::netns::root_or_skip("capabilities_are_dropped_after_setup") {
+        return;
+    }
+    let dir = temp_dir("caps");
+    let (identity, id_path) = keypair_file(&dir);
+    let server = support::AgaveServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &[(identity.pubkey(), 1_000_000)],
+    );
+    let mut running = start_binary(&dir, &id_path, server.addr, "");
+    let caps = thread_capabilities(running.child.id());
+    let threads = caps.iter().filter(|(k, _)| k == "CapEff").count();
+    println!(
+        "{threads} threads; CapEff/CapPrm/CapBnd/CapInh/CapAmb all 0: {:?}",
+        &caps[..5]
+    );
+    assert!(threads > 1, "the runtime's threads are checked too");
+    for (set, value) in &caps {
+        assert_eq!(value, "0000000000000000", "{set} still holds {value}");
+    }
+    let log: Vec<String> = running.lines.try_iter().collect();
+    assert!(
+        log.iter().any(|l| l.contains("capabilities dropped")),
+        "{log:?}"
+    );
+    // It still works without them: /ready and a send.
+    let client = reqwest::blocking_client();
+    assert_eq!(
+        client.get(format!("http://127.0.0.1:{}/ready", running.port)),
+        Some(200)
+    );
+    let _ = running.child.kill();
+    let _ = running.child.wait();
+
+    let mut kept = start_binary_env(
+        &dir,
+        &id_path,
+        server.addr,
+        "",
+        &[("AFTERBURNER_PACKET_PATH__DROP_CAPABILITIES", "false")],
+    );
+    let caps = thread_capabilities(kept.child.id());
+    let eff = caps.iter().find(|(k, _)| k == "CapEff").unwrap();
+    assert_ne!(
+        eff.1, "0000000000000000",
+        "a root process keeps its set when asked"
+    );
+    let _ = kept.child.kill();
+    let _ = kept.child.wait();
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -1201,3 +1201,407 @@ async fn identity_hot_swap_by_file_symlink_and_admin_socket() {
     assert_accounted(&gateway).await;
     gateway.shutdown().await;
 }
+
+/// The leader policy against three agave TPU servers named as leaders by a scripted
+/// cluster RPC (`support::cluster`: the test validator is one node, always its own
+/// leader; see that module). Leaders A, B, C rotate every 4 slots of 50 ms; C's
+/// override sends to a fourth server D instead of C's gossip address. With B denied:
+/// B never receives a packet, C's gossip address never does, A and D do, and B's
+/// passes are counted. Then `setLeaderPolicy` over the admin socket allows only A:
+/// from then on only A receives. `reloadLeaderPolicy` reads the configuration
+/// again through the loader the binary sets (here: a test closure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_allow_and_overrides_steer_every_packet() {
+    let identity = Keypair::new();
+    let stakes = [(identity.pubkey(), 1_000_000)];
+    let server = || AgaveServer::start("127.0.0.1:0".parse().unwrap(), &stakes);
+    let (a, b, c, d) = (server(), server(), server(), server());
+    let (ia, ib, ic) = (
+        Pubkey::new_unique(),
+        Pubkey::new_unique(),
+        Pubkey::new_unique(),
+    );
+    let cluster = support::cluster::ScriptedCluster::start(
+        vec![(ia, a.addr), (ib, b.addr), (ic, c.addr)],
+        50,
+    );
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "tpu-gateway-policy-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    )));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let id_path = dir.0.join("identity.json");
+    solana_sdk::signer::keypair::write_keypair_file(&identity, &id_path).unwrap();
+    let socket = dir.0.join("admin.sock");
+    let text = |deny: &Pubkey| {
+        format!(
+            "identity = \"{}\"\n[admin]\nsocket = \"{}\"\n[rpc]\nlisten = \"127.0.0.1:0\"\n\
+             websocket_proxy = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [cluster]\nrpc_urls = [\"{}\"]\nslot_duration_ms = 50\n[validation]\npreflight = \"refuse\"\n\
+             [packet_path]\nbind = \"127.0.0.1:0\"\n[fanout]\nsend = 2\nconnect = 3\n\
+             [leaders]\ndeny = [\"{deny}\"]\ntpu_overrides = {{ \"{ic}\" = \"{}\" }}\n",
+            id_path.display(),
+            socket.display(),
+            cluster.url(),
+            d.addr
+        )
+    };
+    let gateway = Gateway::start(Config::from_toml(&text(&ib), []).unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{}", gateway.rpc_addr);
+    // Ready once the schedule covers the slots ahead.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reqwest::get(format!("{url}/ready")).await.unwrap().status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let payer = Keypair::new();
+    let send = |n: u64| {
+        let url = url.clone();
+        let payer = payer.insecure_clone();
+        async move {
+            for i in 0..n {
+                let tx = bincode::serialize(&transfer(&payer, 1 + i)).unwrap();
+                let body = json!({"jsonrpc": "2.0", "id": i, "method": "sendTransaction",
+                    "params": [base64::engine::general_purpose::STANDARD.encode(tx),
+                               {"encoding": "base64", "skipPreflight": true, "maxRetries": 0}]});
+                let (status, answer) = post(&url, body.to_string(), "application/json").await;
+                assert_eq!(status, 200, "{answer}");
+                assert!(answer["result"].is_string(), "{answer}");
+                // Spread over several rotations (A B C is 600 ms).
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        }
+    };
+    send(40).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (na, nd) = (a.delivered_count(), d.delivered_count());
+    println!(
+        "deny B, C overridden to D: A {na} B {} C {} D {nd}",
+        b.delivered_count(),
+        c.delivered_count()
+    );
+    assert_eq!(b.delivered_count(), 0, "a denied leader never receives");
+    assert_eq!(
+        c.delivered_count(),
+        0,
+        "an overridden address is never used"
+    );
+    assert!(na > 0 && nd > 0, "A {na} D {nd}");
+    let skips = metric(&gateway, "afterburner_leader_policy_skips_total").await;
+    assert!(skips > 0.0, "denied passes counted");
+    assert_eq!(
+        metric(&gateway, "afterburner_leader_policy_entries").await,
+        2.0,
+        "one denied, one override"
+    );
+
+    let answer = admin(
+        &socket,
+        "setLeaderPolicy",
+        json!([{"allow": [ia.to_string()]}]),
+    )
+    .await;
+    assert_eq!(
+        answer["result"]["allow"],
+        json!([ia.to_string()]),
+        "{answer}"
+    );
+    assert_eq!(answer["result"]["deny"], json!([]), "{answer}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (na, nd) = (a.delivered_count(), d.delivered_count());
+    send(30).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!(
+        "allow A only: A +{} D +{}",
+        a.delivered_count() - na,
+        d.delivered_count() - nd
+    );
+    assert_eq!(d.delivered_count(), nd, "only the allowed leader receives");
+    assert_eq!(b.delivered_count() + c.delivered_count(), 0);
+    assert!(a.delivered_count() > na);
+
+    // reloadLeaderPolicy: without a loader it says so; with one, it applies the
+    // configuration's [leaders] (deny A now).
+    let answer = admin(&socket, "reloadLeaderPolicy", json!([])).await;
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no loader"),
+        "{answer}"
+    );
+    let reloaded = text(&ia);
+    gateway
+        .service
+        .set_config_loader(std::sync::Arc::new(move || {
+            Config::from_toml(&reloaded, []).map_err(|e| format!("{e:#}"))
+        }));
+    let answer = admin(&socket, "reloadLeaderPolicy", json!([])).await;
+    assert_eq!(
+        answer["result"]["deny"],
+        json!([ia.to_string()]),
+        "{answer}"
+    );
+    let bad = admin(&socket, "setLeaderPolicy", json!([{"deny": ["nope"]}])).await;
+    assert!(
+        bad["error"]["message"].as_str().unwrap().contains("nope"),
+        "{bad}"
+    );
+    let answer = admin(&socket, "getLeaderPolicy", json!([])).await;
+    assert_eq!(
+        answer["result"]["deny"],
+        json!([ia.to_string()]),
+        "a bad policy changes nothing"
+    );
+    gateway.shutdown().await;
+}
+
+/// Slow and idle clients cannot hold the service: 60 connections from 127.0.0.1
+/// that never finish their headers hit the per-address cap (20) and are closed
+/// after the header deadline (500 ms), while a client from 127.0.0.2 is answered
+/// at once; refused connections are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_do_not_stop_a_normal_client() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = setup_env(
+        "",
+        &[
+            ("AFTERBURNER_RPC__MAX_CONNECTIONS_PER_IP", "20"),
+            ("AFTERBURNER_RPC__HEADER_READ_TIMEOUT_MS", "500"),
+        ],
+    )
+    .await;
+    let addr = s.gateway.rpc_addr;
+    let mut slow = Vec::new();
+    for _ in 0..60 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The start of a request, never finished.
+        let _ = c.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n").await;
+        slow.push(c);
+    }
+    let client = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "getHealth"}).to_string();
+    let answer = client
+        .post(format!("http://{addr}/"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    println!("normal client answered in {took:?} beside 60 slow connections");
+    assert_eq!(answer.status(), 200);
+    assert!(took < Duration::from_millis(400), "{took:?}");
+    let refused = metric(&s.gateway, "afterburner_http_connections_refused_total").await;
+    assert_eq!(
+        refused, 40.0,
+        "60 slow connections, 20 admitted from one address"
+    );
+    // The admitted slow ones are closed at the header deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    for c in &mut slow {
+        let mut buf = [0u8; 256];
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let n = tokio::time::timeout(left, c.read(&mut buf))
+            .await
+            .expect("closed by the header deadline")
+            .unwrap_or(0);
+        // hyper may answer 408 before closing; either way the connection ends.
+        if n > 0 {
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(left, c.read_to_end(&mut rest)).await;
+        }
+    }
+    // An idle keep-alive connection is closed too: the places are free again.
+    let again = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+    assert_eq!(again.status(), 200);
+    s.gateway.shutdown().await;
+}
+
+/// API keys on every client-facing surface: no key or an unknown one is 401
+/// (`/health` and `/ready` stay open); a key over its rate gets 429 with
+/// `Retry-After`, one over its share of the queue 429 too; a key sees only its own
+/// transactions' lifecycles; the websocket upgrade needs a key (`?api-key=` works);
+/// per-key counters are exported by name, never by secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_guard_every_surface_with_rates_and_shares() {
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "tpu-gateway-keys-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    )));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let keys = dir.0.join("keys.toml");
+    let (alice, bob) = ("alice-secret-0123456789", "bob-secret-0123456789");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[key]]\nname = \"alice\"\nsecret = \"{alice}\"\ntx_per_sec = 2\nburst = 5\n\
+             [[key]]\nname = \"bob\"\nsecret = \"{bob}\"\ntx_per_sec = 1000\nqueue_share = 0.03\n"
+        ),
+    )
+    .unwrap();
+    // A websocket upstream that is never reached: only the upgrade is checked.
+    let extra = format!(
+        "[auth]\nkeys_file = \"{}\"\n[limits]\nmax_tracked = 100\n",
+        keys.display()
+    );
+    let s = setup_env(
+        &extra,
+        &[
+            (
+                "AFTERBURNER_CLUSTER__WEBSOCKET_URLS",
+                "[\"ws://127.0.0.1:9\"]",
+            ),
+            ("AFTERBURNER_RPC__WEBSOCKET_LISTEN", "127.0.0.1:0"),
+        ],
+    )
+    .await;
+    let base = format!("http://{}", s.gateway.rpc_addr);
+    let client = reqwest::Client::new();
+    let payer = Keypair::new();
+    let mut n = 0u64;
+    let mut send = async |key: Option<&str>| {
+        n += 1;
+        let tx = bincode::serialize(&transfer(&payer, n)).unwrap();
+        let body = json!({"jsonrpc": "2.0", "id": n, "method": "sendTransaction",
+            "params": [bs58::encode(tx).into_string(), {"skipPreflight": true}]});
+        let mut r = client
+            .post(format!("{base}/"))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(k) = key {
+            r = r.header("authorization", format!("Bearer {k}"));
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        let v: Value = r.json().await.unwrap();
+        (status, retry, v)
+    };
+    let (status, _, v) = send(None).await;
+    assert_eq!(status, 401, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("API key is required")
+    );
+    let (status, _, _) = send(Some("not-a-key-0123456789")).await;
+    assert_eq!(status, 401);
+    for path in ["/health", "/ready"] {
+        let r = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path} stays open for probes");
+    }
+    let r = client
+        .get(format!("{base}/v1/transactions/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the event stream needs a key");
+    let r = client
+        .post(format!("{base}/v1/transactions"))
+        .body(vec![1u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the raw route needs a key");
+
+    // alice: a burst of 5, then her rate (2/s): the 6th is 429 with Retry-After.
+    let mut alice_sigs = Vec::new();
+    for _ in 0..5 {
+        let (status, _, v) = send(Some(alice)).await;
+        assert_eq!(status, 200, "{v}");
+        alice_sigs.push(v["result"].as_str().unwrap().to_string());
+    }
+    let (status, retry, v) = send(Some(alice)).await;
+    println!("alice over her rate: {status} Retry-After {retry:?} {v}");
+    assert_eq!(status, 429);
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert_eq!(v["error"]["code"], -32090);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("over this API key's rate")
+    );
+
+    // bob: 3 places of 100 (queue_share 0.03), held while his transactions live.
+    for _ in 0..3 {
+        let (status, _, v) = send(Some(bob)).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let (status, retry, v) = send(Some(bob)).await;
+    assert_eq!(status, 429, "{v}");
+    assert!(retry.is_some());
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("share of the send queue")
+    );
+
+    // Lifecycles: alice's transaction is hers alone.
+    let url = format!("{base}/v1/transactions/{}", alice_sigs[0]);
+    let as_alice = client
+        .get(&url)
+        .header("x-api-key", alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_alice.status(), 200);
+    let as_bob = client
+        .get(&url)
+        .header("x-api-key", bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        as_bob.status(),
+        404,
+        "another key's transaction is unknown to bob"
+    );
+
+    // The websocket upgrade.
+    let ws = s.gateway.ws_addr.unwrap();
+    let refused = tokio_tungstenite::connect_async(format!("ws://{ws}/")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{ws}/?api-key={alice}"))
+        .await
+        .expect("a key in the query parameter opens the websocket");
+    let _ = socket.close(None).await;
+
+    let text = reqwest::get(format!("http://{}/metrics", s.gateway.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "afterburner_api_key_transactions_total{key=\"alice\",result=\"accepted\"} 5",
+        "afterburner_api_key_transactions_total{key=\"alice\",result=\"rate_limited\"} 1",
+        "afterburner_api_key_transactions_total{key=\"bob\",result=\"share_full\"} 1",
+        "afterburner_api_unauthorized_total{reason=\"missing\"} 4",
+        "afterburner_api_unauthorized_total{reason=\"unknown\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing");
+    }
+    assert!(
+        !text.contains("secret-0123456789"),
+        "no secret in the metrics"
+    );
+    s.gateway.shutdown().await;
+}

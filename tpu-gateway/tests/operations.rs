@@ -132,6 +132,22 @@ fn kubernetes_manifests_validate_and_their_config_checks() {
         .collect();
     assert!(toml.contains("[fleet]"), "no config in the ConfigMap");
     let dir = TempDir::new("k8s");
+    // The keys file comes from a Secret: the example's keys, with real-length
+    // secrets, stand in for it.
+    let secret = std::fs::read_to_string(k8s.join("api-keys-secret.example.yaml")).unwrap();
+    let keys: String = secret
+        .lines()
+        .skip_while(|l| !l.contains("api-keys.toml: |"))
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert!(keys.contains("[[key]]"), "no keys in the example Secret");
+    let keys_path = dir.0.join("api-keys.toml");
+    std::fs::write(&keys_path, keys).unwrap();
+    let toml = toml.replace(
+        "/etc/afterburner/keys/api-keys.toml",
+        &keys_path.display().to_string(),
+    );
     let cfg = dir.0.join("tpu-gateway.toml");
     std::fs::write(&cfg, &toml).unwrap();
     let id = dir.0.join("id.json");

@@ -202,7 +202,7 @@ impl Engine {
     }
 
     fn enqueue(&mut self, id: u64, payload: Arc<[u8]>, target: SocketAddr, now: Instant) {
-        if let Some(reason) = check_payload(&payload) {
+        if let Some(reason) = check_payload(&payload, self.config.max_transaction_size) {
             self.drop_tx(id, target, reason);
             return;
         }

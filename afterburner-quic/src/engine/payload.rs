@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::{outcome::DropReason, protocol::PACKET_DATA_SIZE};
+use crate::outcome::DropReason;
 
 /// A transaction waiting for its stream.
 pub(super) struct Pending {
@@ -72,11 +72,12 @@ impl quiche::BufFactory for PayloadFactory {
 }
 
 /// Why a payload can never be sent, if it cannot (checked before any stream opens:
-/// agave closes the whole connection with `invalid_stream` for either).
-pub fn check_payload(payload: &[u8]) -> Option<DropReason> {
+/// agave closes the whole connection with `invalid_stream` for either). `max` is
+/// `EngineConfig::max_transaction_size`.
+pub fn check_payload(payload: &[u8], max: usize) -> Option<DropReason> {
     if payload.is_empty() {
         Some(DropReason::Empty)
-    } else if payload.len() > PACKET_DATA_SIZE {
+    } else if payload.len() > max {
         Some(DropReason::TooLarge)
     } else {
         None
@@ -88,6 +89,7 @@ mod tests {
     use quiche::BufSplit as _;
 
     use super::*;
+    use crate::protocol::PACKET_DATA_SIZE;
 
     #[test]
     fn split_views_share_the_payload() {
@@ -102,11 +104,18 @@ mod tests {
 
     #[test]
     fn empty_and_oversized_payloads_are_refused() {
-        assert_eq!(check_payload(&[]), Some(DropReason::Empty));
         assert_eq!(
-            check_payload(&vec![0; PACKET_DATA_SIZE + 1]),
+            check_payload(&[], PACKET_DATA_SIZE),
+            Some(DropReason::Empty)
+        );
+        assert_eq!(
+            check_payload(&vec![0; PACKET_DATA_SIZE + 1], PACKET_DATA_SIZE),
             Some(DropReason::TooLarge)
         );
-        assert_eq!(check_payload(&vec![0; PACKET_DATA_SIZE]), None);
+        assert_eq!(
+            check_payload(&vec![0; PACKET_DATA_SIZE], PACKET_DATA_SIZE),
+            None
+        );
+        assert_eq!(check_payload(&[0; 101], 100), Some(DropReason::TooLarge));
     }
 }

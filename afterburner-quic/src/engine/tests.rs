@@ -229,6 +229,29 @@ fn refuses_empty_and_oversized_before_any_stream() {
     assert_eq!(s.dropped(DropReason::TooLarge), 1);
 }
 
+/// `max_transaction_size` is the engine's limit too (one knob with validation).
+#[test]
+fn a_smaller_transaction_size_limit_is_enforced() {
+    let config = EngineConfig {
+        max_transaction_size: 100,
+        ..EngineConfig::default()
+    };
+    let mut p = Pipe::with_config(config, 10);
+    p.submit(1, 101);
+    p.submit(2, 100);
+    p.exchange(true);
+    p.exchange(true);
+    p.outcomes.sort_by_key(|o| o.id);
+    assert_eq!(
+        p.outcomes.iter().map(|o| o.kind).collect::<Vec<_>>(),
+        vec![
+            OutcomeKind::Dropped(DropReason::TooLarge),
+            OutcomeKind::Sent
+        ]
+    );
+    assert_eq!(p.received, vec![vec![2u8; 100]]);
+}
+
 #[test]
 fn connection_queue_is_bounded() {
     let config = EngineConfig {

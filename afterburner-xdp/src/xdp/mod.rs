@@ -121,6 +121,23 @@ pub enum XdpError {
         /// The configured limit.
         max: u32,
     },
+    /// Another XDP program is attached to the interface: a NIC takes one unless a
+    /// dispatcher shares it, and replacing a validator's own program would break it.
+    #[error(
+        "interface {interface:?} already has an XDP program attached (id {id}, name {name:?}); \
+         a NIC takes one XDP program unless a dispatcher (libxdp's xdp-dispatcher) shares the \
+         hook, and agave 4.2+ validators attach their own for transmit. Not replacing it: \
+         use the kernel UDP path (packet_path.xdp_fallback_to_udp = true, or kind = \"udp\"), \
+         or see deploy/README.md, \"Sharing the NIC's XDP hook\""
+    )]
+    HookTaken {
+        /// The interface.
+        interface: String,
+        /// The attached program's id.
+        id: u32,
+        /// Its name, when it can be read.
+        name: String,
+    },
     /// The configuration is unusable.
     #[error("invalid AF_XDP configuration: {0}")]
     Config(String),
@@ -246,6 +263,13 @@ impl XdpIo {
         };
         let mut netlink = Netlink::open().map_err(iface_err)?;
         let link = netlink.link(&config.interface).map_err(iface_err)?;
+        if let Some(id) = link.xdp_program {
+            return Err(XdpError::HookTaken {
+                interface: config.interface.clone(),
+                id,
+                name: program::program_name(id).unwrap_or_else(|| "unknown".into()),
+            });
+        }
         if link.rx_queues > config.max_queues {
             return Err(XdpError::TooManyQueues {
                 interface: config.interface.clone(),

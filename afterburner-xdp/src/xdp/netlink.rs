@@ -15,7 +15,7 @@ use netlink_packet_core::{
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
-    link::{LinkAttribute, LinkMessage},
+    link::{LinkAttribute, LinkMessage, LinkXdp},
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
     },
@@ -34,6 +34,8 @@ pub struct LinkInfo {
     pub rx_queues: u32,
     /// MTU.
     pub mtu: u32,
+    /// The id of the XDP program attached to it now (any mode), if one is.
+    pub xdp_program: Option<u32>,
 }
 
 /// The route to a destination.
@@ -106,12 +108,26 @@ impl Netlink {
                     mac: [0; 6],
                     rx_queues: 1,
                     mtu: 1500,
+                    xdp_program: None,
                 };
                 for attr in link.attributes {
                     match attr {
                         LinkAttribute::Address(a) if a.len() == 6 => info.mac.copy_from_slice(&a),
                         LinkAttribute::NumRxQueues(n) => info.rx_queues = n.max(1),
                         LinkAttribute::Mtu(m) => info.mtu = m,
+                        LinkAttribute::Xdp(xdp) => {
+                            info.xdp_program = xdp.iter().find_map(|x| match *x {
+                                LinkXdp::ProgId(id)
+                                | LinkXdp::DrvProgId(id)
+                                | LinkXdp::SkbProgId(id)
+                                | LinkXdp::HwProgId(id)
+                                    if id != 0 =>
+                                {
+                                    Some(id)
+                                }
+                                _ => None,
+                            });
+                        }
                         _ => {}
                     }
                 }

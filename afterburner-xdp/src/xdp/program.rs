@@ -198,6 +198,14 @@ impl SteeringProgram {
 }
 
 /// The `PORTS` key for an address ([`afterburner_common::port_key`], as the program builds it).
+/// The name of loaded BPF program `id` (`None`: gone, or not ours to inspect).
+pub fn program_name(id: u32) -> Option<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_string))
+}
+
 pub fn port_key(addr: SocketAddrV4) -> u64 {
     afterburner_common::port_key(u32::from(*addr.ip()), addr.port())
 }

@@ -14,8 +14,8 @@ impl Sender for Accepting {
     fn send(&self, request: SendRequest) -> Result<String, SendError> {
         Ok(request.tx.signature.to_string())
     }
-    fn verify_signatures(&self) -> bool {
-        true
+    fn checks(&self) -> tpu_gateway::validate::Checks {
+        tpu_gateway::validate::Checks::default()
     }
     fn forwards(&self, _: &str) -> bool {
         false
@@ -59,5 +59,5 @@ fuzz_target!(|data: &[u8]| {
             assert!(item.get("result").is_some() != item.get("error").is_some());
         }
     }
-    let _ = tpu_gateway::validate::validate(data.to_vec(), true);
+    let _ = tpu_gateway::validate::validate(data.to_vec(), tpu_gateway::validate::Checks::default());
 });

@@ -116,6 +116,8 @@ pub struct NewTx {
     pub received_at: Instant,
     /// What keeps it valid.
     pub lifetime: Lifetime,
+    /// Who sent it: its API key's index (`None`: no keys configured).
+    pub client: Option<u16>,
 }
 
 /// What keeps a transaction valid, and so when the ledger gives up on it.
@@ -257,6 +259,8 @@ pub struct Record {
     pub landed_leader: Option<Pubkey>,
     /// What keeps it valid.
     pub lifetime: Lifetime,
+    /// Who sent it (see [`NewTx::client`]).
+    pub client: Option<u16>,
     /// Since when its nonce account has held another nonce (durable nonces only).
     nonce_moved_since: Option<Instant>,
     wire: Arc<[u8]>,
@@ -365,6 +369,7 @@ impl Ledger {
                 landed_slot: None,
                 landed_leader: None,
                 lifetime: tx.lifetime,
+                client: tx.client,
                 nonce_moved_since: None,
                 wire: tx.wire,
                 retries_left: tx.max_retries,

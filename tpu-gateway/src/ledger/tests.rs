@@ -40,6 +40,7 @@ fn config() -> LedgerConfig {
 
 fn new_tx(max_retries: Option<usize>, at: Instant) -> NewTx {
     NewTx {
+        client: None,
         signature: Signature::new_unique(),
         wire: Arc::from(&b"wire"[..]),
         max_retries,
@@ -1223,6 +1224,7 @@ fn ledger_expires_by_blockhash_after_its_grace() {
     let other = Hash::new_unique();
     let a = l.accept(
         NewTx {
+            client: None,
             lifetime: Lifetime::Blockhash(hash),
             ..new_tx(None, t0)
         },
@@ -1230,6 +1232,7 @@ fn ledger_expires_by_blockhash_after_its_grace() {
     );
     let b = l.accept(
         NewTx {
+            client: None,
             lifetime: Lifetime::Blockhash(hash),
             ..new_tx(None, t0)
         },
@@ -1237,6 +1240,7 @@ fn ledger_expires_by_blockhash_after_its_grace() {
     );
     let c = l.accept(
         NewTx {
+            client: None,
             lifetime: Lifetime::Blockhash(other),
             ..new_tx(None, t0)
         },
@@ -1288,6 +1292,7 @@ fn durable_nonce_transactions_ignore_blockhashes_and_end_at_their_max_age() {
     let t0 = Instant::now();
     let id = l.accept(
         NewTx {
+            client: None,
             lifetime: Lifetime::Nonce {
                 account: None,
                 nonce: Hash::new_unique(),
@@ -1334,6 +1339,7 @@ fn durable_nonce_transactions_end_once_their_nonce_has_advanced() {
     let nonce_tx = |l: &mut Ledger, nonce: Hash| {
         l.accept(
             NewTx {
+                client: None,
                 lifetime: Lifetime::Nonce {
                     account: Some(account),
                     nonce,
@@ -1385,6 +1391,7 @@ fn a_landed_durable_nonce_transaction_is_landed_not_advanced() {
     let t0 = Instant::now();
     let account = Pubkey::new_unique();
     let tx = NewTx {
+        client: None,
         lifetime: Lifetime::Nonce {
             account: Some(account),
             nonce: Hash::new_unique(),
