@@ -7,16 +7,20 @@
 //! lands, runs out of retries or expires. Every accepted transaction is accounted
 //! for in Prometheus metrics.
 //!
-//! - [`config`]: TOML + environment + flags.
+//! - [`config`]: TOML + environment + flags (figment).
 //! - [`identity`]: the identity presented to leaders and how it changes while
 //!   running (file watch, SIGHUP, admin socket).
-//! - [`rpc`], [`validate`], [`http`]: the ingress.
+//! - [`rpc`], [`validate`], [`http`]: the ingress; [`auth`]: API keys (rates,
+//!   queue shares, scoped lifecycles); [`listener`]: every listener's connection
+//!   caps and read deadlines.
+//! - [`privileges`]: capabilities dropped once the packet path is open.
 //! - [`upstream`], [`websocket`]: drop-in RPC, the allow-listed read methods
 //!   answered by the cluster RPC, and subscriptions proxied to its websocket.
 //! - [`leader_book`]: what each leader did with our sends, and who led the slots
 //!   ours landed in; [`refusals`]: leaders that refuse our identity's connection
 //!   (`too_many`: its budget taken by another sender with the same identity).
-//! - [`service`], [`ledger`], [`dedup`], [`leaders`]: the send path; the ledger
+//! - [`service`], [`ledger`], [`dedup`], [`leaders`]: the send path (with the
+//!   leader policy: deny, allow, address overrides); the ledger
 //!   owns every accepted transaction until its one terminal state.
 //! - [`metrics`]: everything exported.
 #![forbid(unsafe_code)]

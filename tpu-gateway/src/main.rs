@@ -80,6 +80,7 @@ fn main() -> Result<()> {
         .build()
         .context("tokio runtime")?;
     runtime.block_on(async move {
+        let has_identity_file = config.identity.is_some();
         let mut gateway = Gateway::start_with_io(config, io, 0).await?;
         let reload_cli = cli.clone();
         gateway.service.set_config_loader(std::sync::Arc::new(move || {
@@ -96,9 +97,11 @@ fn main() -> Result<()> {
                 }
                 why = gateway.failed() => break Some(why),
                 _ = hup.recv() => {
-                    match gateway.reload_identity().await {
+                    if has_identity_file {
+                        match gateway.reload_identity().await {
                         Ok(identity) => tracing::info!(%identity, "SIGHUP: identity reloaded"),
-                        Err(e) => tracing::error!(error = %e, "SIGHUP: identity not reloaded; keeping the current one"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: identity not reloaded; keeping the current one"),
+                        }
                     }
                     if gateway.service.leader_policy().is_some()
                         && let Err(e) = gateway.reload_leader_policy()
