@@ -62,11 +62,28 @@ impl AgaveServer {
         Self::start_with(addr, stakes, 1, per_peer)
     }
 
+    /// As [`Self::start`], refusing every unstaked peer: agave closes their
+    /// connections with code 2, `disallowed` (`max_unstaked_connections` 0).
+    pub fn start_disallowing_unstaked(addr: SocketAddr, stakes: &[(Pubkey, u64)]) -> Self {
+        Self::start_configured(addr, stakes, 1, 8, 0)
+    }
+
     fn start_with(
         addr: SocketAddr,
         stakes: &[(Pubkey, u64)],
         threads: usize,
         per_peer: usize,
+    ) -> Self {
+        let unstaked = QuicStreamerConfig::default().max_unstaked_connections;
+        Self::start_configured(addr, stakes, threads, per_peer, unstaked)
+    }
+
+    fn start_configured(
+        addr: SocketAddr,
+        stakes: &[(Pubkey, u64)],
+        threads: usize,
+        per_peer: usize,
+        max_unstaked: usize,
     ) -> Self {
         let socket = UdpSocket::bind(addr).expect("bind agave server socket");
         // On loopback the server's socket overflows under bursts: give it room
@@ -99,6 +116,7 @@ impl AgaveServer {
             // Tests and benchmarks reconnect from 127.0.0.1 many times a minute.
             max_connections_per_ipaddr_per_min: 10_000,
             max_connections_per_peer: per_peer,
+            max_unstaked_connections: max_unstaked,
             num_threads: std::num::NonZeroUsize::new(threads)
                 .unwrap_or(std::num::NonZeroUsize::MIN),
             ..QuicStreamerConfig::default()

@@ -34,8 +34,10 @@ pub struct ScriptedCluster {
     /// Where it listens (`http://{addr}`).
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    script: Arc<Script>,
 }
 
+#[derive(Debug)]
 struct Script {
     leaders: Vec<(Pubkey, SocketAddr)>,
     slot_ms: u64,
@@ -103,11 +105,12 @@ impl ScriptedCluster {
             started: Instant::now(),
         });
         let stopping = stop.clone();
+        let serving = script.clone();
         std::thread::spawn(move || {
             while !stopping.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let script = script.clone();
+                        let script = serving.clone();
                         let stopping = stopping.clone();
                         std::thread::spawn(move || serve(stream, &script, &stopping));
                     }
@@ -115,7 +118,23 @@ impl ScriptedCluster {
                 }
             }
         });
-        Self { addr, stop }
+        Self { addr, stop, script }
+    }
+
+    /// The slot it answers now.
+    pub fn slot(&self) -> u64 {
+        self.script.slot()
+    }
+
+    /// When `slot` begins, on this process's clock.
+    pub fn slot_start(&self, slot: u64) -> Instant {
+        let n = slot.saturating_sub(FIRST_SLOT);
+        self.script.started + Duration::from_millis(n * self.script.slot_ms)
+    }
+
+    /// The leader it names for `slot`.
+    pub fn leader_at(&self, slot: u64) -> Pubkey {
+        self.script.leader_at(slot)
     }
 
     /// `http://addr`.

@@ -39,6 +39,17 @@ impl Drop for TempDir {
     }
 }
 
+/// A new directory of this test process, removed when dropped.
+fn temp_dir(tag: &str) -> TempDir {
+    let dir = std::env::temp_dir().join(format!(
+        "tpu-gateway-{tag}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDir(dir)
+}
+
 /// A gateway with a staked identity, sending to an agave server on loopback.
 async fn setup(extra: &str) -> Setup {
     setup_env(extra, &[]).await
@@ -61,12 +72,8 @@ async fn setup_with(
     extra: &str,
     env: &[(&str, &str)],
 ) -> Setup {
-    let dir = std::env::temp_dir().join(format!(
-        "tpu-gateway-test-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = temp_dir("test");
+    let dir = tmp.0.clone();
     let id_path = dir.join("identity.json");
     solana_sdk::signer::keypair::write_keypair_file(identity, &id_path).unwrap();
     let text = format!(
@@ -93,7 +100,7 @@ bind = "127.0.0.1:0"
     Setup {
         gateway,
         server,
-        _dir: TempDir(dir),
+        _dir: tmp,
     }
 }
 
@@ -1018,12 +1025,7 @@ async fn identity_hot_swap_by_file_symlink_and_admin_socket() {
         "127.0.0.1:0".parse().unwrap(),
         &[(staked.pubkey(), 1_000_000)],
     );
-    let dir = TempDir(std::env::temp_dir().join(format!(
-        "tpu-gateway-identity-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    )));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = temp_dir("identity");
     let staked_file = dir.0.join("staked.json");
     let unstaked_file = dir.0.join("unstaked.json");
     solana_sdk::signer::keypair::write_keypair_file(&staked, &staked_file).unwrap();
@@ -1225,12 +1227,7 @@ async fn deny_allow_and_overrides_steer_every_packet() {
         vec![(ia, a.addr), (ib, b.addr), (ic, c.addr)],
         50,
     );
-    let dir = TempDir(std::env::temp_dir().join(format!(
-        "tpu-gateway-policy-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    )));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = temp_dir("policy");
     let id_path = dir.0.join("identity.json");
     solana_sdk::signer::keypair::write_keypair_file(&identity, &id_path).unwrap();
     let socket = dir.0.join("admin.sock");
@@ -1432,12 +1429,7 @@ async fn slow_clients_do_not_stop_a_normal_client() {
 /// per-key counters are exported by name, never by secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_guard_every_surface_with_rates_and_shares() {
-    let dir = TempDir(std::env::temp_dir().join(format!(
-        "tpu-gateway-keys-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    )));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = temp_dir("keys");
     let keys = dir.0.join("keys.toml");
     let (alice, bob) = ("alice-secret-0123456789", "bob-secret-0123456789");
     std::fs::write(
@@ -1553,24 +1545,13 @@ async fn api_keys_guard_every_surface_with_rates_and_shares() {
 
     // Lifecycles: alice's transaction is hers alone.
     let url = format!("{base}/v1/transactions/{}", alice_sigs[0]);
-    let as_alice = client
-        .get(&url)
-        .header("x-api-key", alice)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(as_alice.status(), 200);
-    let as_bob = client
-        .get(&url)
-        .header("x-api-key", bob)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        as_bob.status(),
-        404,
-        "another key's transaction is unknown to bob"
-    );
+    let status_as = async |key: &str| {
+        let r = client.get(&url).header("x-api-key", key).send().await;
+        r.unwrap().status().as_u16()
+    };
+    assert_eq!(status_as(alice).await, 200);
+    let as_bob = status_as(bob).await;
+    assert_eq!(as_bob, 404, "another key's transaction is unknown to bob");
 
     // The websocket upgrade.
     let ws = s.gateway.ws_addr.unwrap();

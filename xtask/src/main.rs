@@ -20,6 +20,7 @@
 //!   bpf-linker); `--check`: fail if it differs from what the source builds to.
 //! - `netns up [--queues N]`, `netns down` ([`netns_cmd`]): the test topology, two
 //!   namespaces and a veth pair, left in place / removed.
+//! - `chaos [--secs N]` ([`chaos`]): the gateway's fault suite, longer, with figures.
 //! - `fuzz [--runs N]` ([`fuzz`]): fuzz the gateway's request decoding (cargo-fuzz,
 //!   nightly).
 //! - `test [cargo test args]` ([`test`]): the XDP object check, `cargo fmt --check`,
@@ -36,6 +37,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_gateway;
 mod bench_xdp;
+mod chaos;
 mod ebpf;
 mod fuzz;
 mod local;
@@ -77,6 +79,8 @@ enum Cmd {
     /// The test topology: two namespaces and a veth pair.
     #[command(subcommand)]
     Netns(netns_cmd::Netns),
+    /// The gateway's fault suite (leader churn, ...), longer, with its figures.
+    Chaos(chaos::Args),
     /// Fuzz the gateway's request decoding (cargo-fuzz, nightly).
     Fuzz(fuzz::Args),
     /// Every check and test: what CI runs.
@@ -96,6 +100,7 @@ fn main() -> Result<()> {
         Cmd::BenchGateway(args) => args.run(),
         Cmd::Ebpf(args) => args.run(),
         Cmd::Netns(cmd) => cmd.run(),
+        Cmd::Chaos(args) => args.run(),
         Cmd::Fuzz(args) => args.run(),
         Cmd::Test(args) => args.run(),
     }

@@ -147,6 +147,12 @@ impl Pipe {
         panic!("pipe did not settle");
     }
 
+    /// The outcomes so far, by transaction id.
+    fn kinds(&mut self) -> Vec<OutcomeKind> {
+        self.outcomes.sort_by_key(|o| o.id);
+        self.outcomes.iter().map(|o| o.kind).collect()
+    }
+
     fn submit(&mut self, id: u64, len: usize) {
         let payload: Arc<[u8]> = vec![id as u8; len].into();
         self.engine
@@ -214,9 +220,8 @@ fn refuses_empty_and_oversized_before_any_stream() {
     p.submit(3, PACKET_DATA_SIZE);
     p.exchange(true);
     p.exchange(true);
-    p.outcomes.sort_by_key(|o| o.id);
     assert_eq!(
-        p.outcomes.iter().map(|o| o.kind).collect::<Vec<_>>(),
+        p.kinds(),
         vec![
             OutcomeKind::Dropped(DropReason::Empty),
             OutcomeKind::Dropped(DropReason::TooLarge),
@@ -241,10 +246,10 @@ fn a_smaller_transaction_size_limit_is_enforced() {
     p.submit(2, 100);
     p.exchange(true);
     p.exchange(true);
-    p.outcomes.sort_by_key(|o| o.id);
+    let kinds = p.kinds();
     assert_eq!(
-        p.outcomes.iter().map(|o| o.kind).collect::<Vec<_>>(),
-        vec![
+        kinds,
+        [
             OutcomeKind::Dropped(DropReason::TooLarge),
             OutcomeKind::Sent
         ]
