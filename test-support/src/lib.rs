@@ -18,6 +18,7 @@ pub mod agave;
 #[cfg(feature = "agave")]
 pub mod cluster;
 pub mod netns;
+pub mod relay;
 pub mod sse;
 #[cfg(feature = "agave")]
 pub mod txs;

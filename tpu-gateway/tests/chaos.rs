@@ -8,6 +8,11 @@
 //! (unstaked, to it) connections with `disallowed`; D is stopped for 3 s and
 //! restarted on the same port. Transactions go in at 10/s for 18 s (`./x chaos
 //! --secs N`: longer) through JSON-RPC.
+//!
+//! RPC outage: the cluster RPC cut through a relay (test-support `relay`) for 25 s
+//! while transactions flow, then restored.
+//!
+//! The scenarios run one after another (a lock), never side by side.
 #![allow(
     clippy::unwrap_used,
     reason = "test code: a failure should stop it loudly"
@@ -29,6 +34,9 @@ use solana_system_interface::instruction as system_instruction;
 use tpu_gateway::{Gateway, config::Config};
 
 const SLOT_MS: u64 = 400;
+
+/// One scenario at a time: in parallel on 2 cores their figures would be noise.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn metric(gateway: &Gateway, name: &str, labels: &str) -> f64 {
     let text = reqwest::get(format!("http://{}/metrics", gateway.metrics_addr))
@@ -60,6 +68,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// per leader), the share on the first send, and the time to the first delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_churn_every_transaction_reaches_a_reachable_leader() {
+    let _one_at_a_time = SERIAL.lock().await;
     let identity = Keypair::new();
     let staked = [(identity.pubkey(), 1_000_000)];
     let a = AgaveServer::start("127.0.0.1:0".parse().unwrap(), &staked);
@@ -277,6 +286,162 @@ async fn leader_churn_every_transaction_reaches_a_reachable_leader() {
     );
     let accepted = metric(&gateway, "afterburner_transactions_accepted_total", "").await;
     assert_eq!(accepted, n as f64);
+    gateway.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// RPC outage: the cluster RPC (a scripted one, 100 ms slots so its 200-slot
+/// schedule runs out within the outage) is cut through a relay for 25 s (`./x chaos
+/// --secs N`: N + 7). Meanwhile the gateway keeps sending on its last schedule,
+/// saying it is stale, until that no longer covers the slots ahead; then it refuses
+/// honestly (-32005, `/ready` 503). Restored, it takes transactions again within a
+/// few seconds. Nothing accepted is unaccounted. Printed: how long it sent on, how
+/// long it took to recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_outage_sends_on_the_last_schedule_then_refuses_then_recovers() {
+    let _one_at_a_time = SERIAL.lock().await;
+    const SLOT: u64 = 100;
+    let identity = Keypair::new();
+    let staked = [(identity.pubkey(), 1_000_000)];
+    let a = AgaveServer::start("127.0.0.1:0".parse().unwrap(), &staked);
+    let b = AgaveServer::start("127.0.0.1:0".parse().unwrap(), &staked);
+    let cluster = support::cluster::ScriptedCluster::start(
+        vec![
+            (Pubkey::new_unique(), a.addr),
+            (Pubkey::new_unique(), b.addr),
+        ],
+        SLOT,
+    );
+    let relay = support::relay::Relay::start(cluster.addr);
+    let dir = std::env::temp_dir().join(format!("tpu-gateway-outage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let id_path = dir.join("identity.json");
+    solana_sdk::signer::keypair::write_keypair_file(&identity, &id_path).unwrap();
+    let text = format!(
+        "identity = \"{}\"\n[rpc]\nlisten = \"127.0.0.1:0\"\nwebsocket_proxy = false\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n[cluster]\nrpc_urls = [\"{}\"]\n\
+         slot_duration_ms = {SLOT}\nrpc_timeout_ms = 1000\n[validation]\npreflight = \"refuse\"\n\
+         [packet_path]\nbind = \"127.0.0.1:0\"\n[retry]\nexpiry_slots = 600\n",
+        id_path.display(),
+        relay.url()
+    );
+    let gateway = Gateway::start(Config::from_toml(&text, []).unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{}", gateway.rpc_addr);
+    let client = reqwest::Client::new();
+    let ready = async || {
+        let r = client.get(format!("{url}/ready")).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready().await.0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let payer = Keypair::new();
+    let mut n = 0u64;
+    let mut send = async || {
+        n += 1;
+        let ix = system_instruction::transfer(&payer.pubkey(), &Pubkey::new_unique(), n);
+        let tx = Transaction::new_signed_with_payer(
+            &[ix],
+            Some(&payer.pubkey()),
+            &[&payer],
+            Hash::new_unique(),
+        );
+        let body = json!({"jsonrpc": "2.0", "id": n, "method": "sendTransaction",
+            "params": [base64::engine::general_purpose::STANDARD.encode(bincode::serialize(&tx).unwrap()),
+                       {"encoding": "base64", "skipPreflight": true}]});
+        let v: Value = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v
+    };
+    let outage: u64 = std::env::var("AB_CHAOS_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(25, |s| s.max(18) + 7);
+    // 3 s of normal traffic, then the cut.
+    let mut accepted = 0u64;
+    for _ in 0..30 {
+        assert!(send().await["result"].is_string());
+        accepted += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.cut();
+    let cut_at = Instant::now();
+    let (mut stale_seen, mut first_refusal, mut refusal) = (false, None, String::new());
+    let mut accepted_in_outage = 0u64;
+    while cut_at.elapsed() < Duration::from_secs(outage) {
+        let v = send().await;
+        if v["result"].is_string() {
+            accepted += 1;
+            accepted_in_outage += 1;
+            assert!(
+                first_refusal.is_none(),
+                "accepted again after refusing during the outage: {v}"
+            );
+        } else {
+            assert_eq!(v["error"]["code"], -32005, "{v}");
+            if first_refusal.is_none() {
+                first_refusal = Some(cut_at.elapsed());
+                refusal = v["error"]["message"].as_str().unwrap().to_string();
+                assert_eq!(ready().await.0, 503, "refusing and not ready alike");
+            }
+        }
+        if !stale_seen && first_refusal.is_none() {
+            let (status, body) = ready().await;
+            stale_seen = status == 200 && body.contains("stale");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.restore();
+    let restored = Instant::now();
+    let recovered = loop {
+        let v = send().await;
+        if v["result"].is_string() {
+            accepted += 1;
+            break restored.elapsed();
+        }
+        assert!(
+            restored.elapsed() < Duration::from_secs(10),
+            "not recovered 10 s after the RPC came back: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let first_refusal = first_refusal.expect("the last schedule ran out during the outage");
+    println!(
+        "rpc outage {outage} s: sent on the last schedule for {:.1} s ({accepted_in_outage} \
+         accepted, /ready 200 and stale meanwhile: {stale_seen}), then refused: \"{refusal}\"; \
+         recovered {:.2} s after the RPC came back",
+        first_refusal.as_secs_f64(),
+        recovered.as_secs_f64()
+    );
+    assert!(stale_seen, "/ready said stale while sending on");
+    assert!(accepted_in_outage > 0, "kept sending on the last schedule");
+    assert!(recovered < Duration::from_secs(5), "{recovered:?}");
+    // Nothing accepted is unaccounted.
+    let m = |name: &'static str| metric(&gateway, name, "");
+    let (acc, sent, dropped, in_flight) = (
+        m("afterburner_transactions_accepted_total").await,
+        m("afterburner_transactions_sent_total").await,
+        m("afterburner_transactions_dropped_total").await,
+        m("afterburner_transactions_in_flight").await,
+    );
+    println!(
+        "  accounting: accepted {acc} = sent {sent} + dropped {dropped} + in flight {in_flight}"
+    );
+    assert_eq!(acc, accepted as f64);
+    assert_eq!(acc, sent + dropped + in_flight);
+    assert!(a.delivered_count() + b.delivered_count() > 0);
     gateway.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
