@@ -253,6 +253,10 @@ pub struct LimitsSection {
     pub dedup_window_secs: u64,
     /// Signatures remembered for duplicates.
     pub dedup_capacity: usize,
+    /// Ended transactions' lifecycle records are kept this long for queries.
+    pub keep_ended_secs: u64,
+    /// At most this many ended records are kept (the oldest go first).
+    pub max_ended: usize,
     /// Largest transaction, in bytes: validation (raw and encoded sizes) and the
     /// engine both enforce it. At most 1232 (agave's `PACKET_DATA_SIZE`) until
     /// SIMD-0296's larger transactions are supported by the agave crates and TPU
@@ -514,6 +518,8 @@ impl Default for LimitsSection {
             max_tracked: 100_000,
             dedup_window_secs: 60,
             dedup_capacity: 200_000,
+            keep_ended_secs: 600,
+            max_ended: 100_000,
             max_transaction_size: MAX_TRANSACTION_SIZE,
         }
     }

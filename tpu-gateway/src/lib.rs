@@ -267,6 +267,8 @@ impl Gateway {
             latency_samples: samples,
             instance: instance_name(),
             identity: Some(identity.pubkey()),
+            keep_ended: Duration::from_secs(config.limits.keep_ended_secs),
+            max_ended: config.limits.max_ended,
         };
         let (service, intake) = Service::new(
             service_config,

@@ -87,6 +87,10 @@ pub struct ServiceConfig {
     pub instance: String,
     /// The identity presented to leaders (named when they refuse it).
     pub identity: Option<Pubkey>,
+    /// Ended records kept for lifecycle queries: how long, and how many at most.
+    pub keep_ended: Duration,
+    /// See `keep_ended`.
+    pub max_ended: usize,
 }
 
 impl Default for ServiceConfig {
@@ -107,6 +111,8 @@ impl Default for ServiceConfig {
             latency_samples: 0,
             instance: "afterburner".into(),
             identity: None,
+            keep_ended: LedgerConfig::default().keep_ended,
+            max_ended: LedgerConfig::default().max_ended,
         }
     }
 }
@@ -948,6 +954,8 @@ impl Forwarder {
             blockhash_grace: config.blockhash_grace,
             nonce_max_age: config.nonce_max_age,
             slot_duration: config.slot_duration,
+            keep_ended: config.keep_ended,
+            max_ended: config.max_ended,
             ..LedgerConfig::default()
         });
         Self {

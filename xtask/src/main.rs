@@ -21,6 +21,8 @@
 //! - `netns up [--queues N]`, `netns down` ([`netns_cmd`]): the test topology, two
 //!   namespaces and a veth pair, left in place / removed.
 //! - `chaos [--secs N]` ([`chaos`]): the gateway's fault suite, longer, with figures.
+//! - `soak [--secs N] [--rate R]` ([`soak`]): the soak scenario with the release
+//!   binary (10 minutes by default).
 //! - `fuzz [--runs N]` ([`fuzz`]): fuzz the gateway's request decoding (cargo-fuzz,
 //!   nightly).
 //! - `test [cargo test args]` ([`test`]): the XDP object check, `cargo fmt --check`,
@@ -42,6 +44,7 @@ mod ebpf;
 mod fuzz;
 mod local;
 mod netns_cmd;
+mod soak;
 mod test;
 mod util;
 
@@ -81,6 +84,8 @@ enum Cmd {
     Netns(netns_cmd::Netns),
     /// The gateway's fault suite (leader churn, ...), longer, with its figures.
     Chaos(chaos::Args),
+    /// The release gateway under steady load for 10 minutes: memory, descriptors.
+    Soak(soak::Args),
     /// Fuzz the gateway's request decoding (cargo-fuzz, nightly).
     Fuzz(fuzz::Args),
     /// Every check and test: what CI runs.
@@ -101,6 +106,7 @@ fn main() -> Result<()> {
         Cmd::Ebpf(args) => args.run(),
         Cmd::Netns(cmd) => cmd.run(),
         Cmd::Chaos(args) => args.run(),
+        Cmd::Soak(args) => args.run(),
         Cmd::Fuzz(args) => args.run(),
         Cmd::Test(args) => args.run(),
     }
