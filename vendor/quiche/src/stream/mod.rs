@@ -125,7 +125,17 @@ pub struct StreamMap<F: BufFactory = DefaultBufFactory> {
     /// Instead of keeping the full stream state forever, we collect completed
     /// streams to save memory, but we still need to keep track of previously
     /// created streams, to prevent peers from re-creating them.
+    ///
+    /// Afterburner patch: only peer-initiated streams are recorded here. A
+    /// locally-initiated stream below the local opened-streams watermark that is
+    /// no longer in `streams` was collected (see `local_collected`); recording
+    /// each one kept an entry per stream for the connection's whole life (one
+    /// per transaction for a TPU client: unbounded on a long-lived connection).
     collected: StreamIdHashSet,
+
+    /// Whether this endpoint is the server (known from the first
+    /// `get_or_create`; it tells which stream IDs are locally initiated).
+    is_server: Option<bool>,
 
     /// Peer's maximum bidirectional stream count limit.
     peer_max_streams_bidi: u64,
@@ -237,12 +247,15 @@ impl<F: BufFactory> StreamMap<F> {
         &mut self, id: u64, local_params: &crate::TransportParams,
         peer_params: &crate::TransportParams, local: bool, is_server: bool,
     ) -> Result<&mut Stream<F>> {
+        self.is_server = Some(is_server);
+
+        // Stream has already been closed and garbage collected.
+        if !self.streams.contains_key(&id) && self.is_collected(id) {
+            return Err(Error::Done);
+        }
+
         let (stream, is_new_and_writable) = match self.streams.entry(id) {
             hash_map::Entry::Vacant(v) => {
-                // Stream has already been closed and garbage collected.
-                if self.collected.contains(&id) {
-                    return Err(Error::Done);
-                }
 
                 if local != is_local(id, is_server) {
                     return Err(Error::InvalidStreamState(id));
@@ -585,7 +598,30 @@ impl<F: BufFactory> StreamMap<F> {
 
         self.remove_flushable(&s.priority_key);
 
-        self.collected.insert(stream_id);
+        // Afterburner patch: a local stream is known collected from the
+        // watermark (`local_collected`); only peer streams need an entry.
+        if !local {
+            self.collected.insert(stream_id);
+        }
+    }
+
+    /// Afterburner patch: whether `stream_id` is a locally-initiated stream that
+    /// was opened (it is below the local opened-streams watermark of its type:
+    /// RFC 9000 section 2.1, opening a stream opens every lower one of its type)
+    /// and is no longer live, i.e. it was collected.
+    fn local_collected(&self, stream_id: u64) -> bool {
+        let Some(is_server) = self.is_server else {
+            return false;
+        };
+        if !is_local(stream_id, is_server) {
+            return false;
+        }
+        let opened = if is_bidi(stream_id) {
+            self.local_opened_streams_bidi
+        } else {
+            self.local_opened_streams_uni
+        };
+        (stream_id >> 2) < opened && !self.streams.contains_key(&stream_id)
     }
 
     /// Creates an iterator over streams that have outstanding data to read.
@@ -626,7 +662,7 @@ impl<F: BufFactory> StreamMap<F> {
 
     /// Returns true if the stream has been collected.
     pub fn is_collected(&self, stream_id: u64) -> bool {
-        self.collected.contains(&stream_id)
+        self.collected.contains(&stream_id) || self.local_collected(stream_id)
     }
 
     /// Returns true if there are any streams that have data to write.
