@@ -43,6 +43,9 @@ afterburner_stats::declare_stats! {
         packets_sent: Counter "afterburner_engine_packets_sent_total",
         /// UDP datagrams received.
         packets_received: Counter "afterburner_engine_packets_received_total",
+        /// QUIC packets quiche declared lost (their frames are sent again): the
+        /// path's loss, and what recovery had to repeat.
+        packets_lost: Counter "afterburner_engine_packets_lost_total",
         /// Bytes sent (UDP payload).
         bytes_sent: Counter "afterburner_engine_sent_bytes_total",
         /// Bytes received (UDP payload).

@@ -17,6 +17,7 @@
 pub mod agave;
 #[cfg(feature = "agave")]
 pub mod cluster;
+pub mod impair;
 pub mod netns;
 pub mod relay;
 pub mod sse;

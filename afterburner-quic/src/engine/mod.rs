@@ -372,6 +372,11 @@ impl Engine {
             }
             EngineStats::add(&self.stats.packets_sent, packets);
             EngineStats::add(&self.stats.bytes_sent, bytes);
+            let lost = conn.q.stats().lost;
+            if lost > conn.lost_counted {
+                EngineStats::add(&self.stats.packets_lost, (lost - conn.lost_counted) as u64);
+                conn.lost_counted = lost;
+            }
             self.next_deadline = earliest(self.next_deadline, conn.deadline(&self.config));
             if full || sliced {
                 return true;

@@ -9,5 +9,6 @@
 )]
 
 mod client;
+mod impaired;
 mod udp;
 mod xdp;
