@@ -19,6 +19,7 @@ pub mod agave;
 pub mod cluster;
 pub mod impair;
 pub mod netns;
+pub mod prom;
 pub mod relay;
 pub mod sse;
 #[cfg(feature = "agave")]

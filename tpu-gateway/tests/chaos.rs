@@ -45,11 +45,24 @@ async fn metric(gateway: &Gateway, name: &str, labels: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter(|l| l[name.len()..].starts_with([' ', '{']) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    support::prom::sum(&text, name, labels)
+}
+
+/// A distinct signed transfer (`n` lamports) and its `sendTransaction` request
+/// (base64, no preflight, id `n`).
+fn transfer_request(payer: &Keypair, n: u64) -> (Vec<u8>, String) {
+    let ix = system_instruction::transfer(&payer.pubkey(), &Pubkey::new_unique(), n);
+    let tx = Transaction::new_signed_with_payer(
+        &[ix],
+        Some(&payer.pubkey()),
+        &[payer],
+        Hash::new_unique(),
+    );
+    let wire = bincode::serialize(&tx).unwrap();
+    let body = json!({"jsonrpc": "2.0", "id": n, "method": "sendTransaction",
+        "params": [base64::engine::general_purpose::STANDARD.encode(&wire),
+                   {"encoding": "base64", "skipPreflight": true}]});
+    (wire, body.to_string())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -145,22 +158,12 @@ async fn leader_churn_every_transaction_reaches_a_reachable_leader() {
                 d_down = Some((from, Instant::now()));
             }
         }
-        let ix = system_instruction::transfer(&payer.pubkey(), &Pubkey::new_unique(), 1 + i);
-        let tx = Transaction::new_signed_with_payer(
-            &[ix],
-            Some(&payer.pubkey()),
-            &[&payer],
-            Hash::new_unique(),
-        );
-        let wire = bincode::serialize(&tx).unwrap();
-        let body = json!({"jsonrpc": "2.0", "id": i, "method": "sendTransaction",
-            "params": [base64::engine::general_purpose::STANDARD.encode(&wire),
-                       {"encoding": "base64", "skipPreflight": true}]});
+        let (wire, body) = transfer_request(&payer, 1 + i);
         let slot = cluster.slot();
         let answer: Value = client
             .post(&url)
             .header("content-type", "application/json")
-            .body(body.to_string())
+            .body(body)
             .send()
             .await
             .unwrap()
@@ -343,20 +346,11 @@ async fn rpc_outage_sends_on_the_last_schedule_then_refuses_then_recovers() {
     let mut n = 0u64;
     let mut send = async || {
         n += 1;
-        let ix = system_instruction::transfer(&payer.pubkey(), &Pubkey::new_unique(), n);
-        let tx = Transaction::new_signed_with_payer(
-            &[ix],
-            Some(&payer.pubkey()),
-            &[&payer],
-            Hash::new_unique(),
-        );
-        let body = json!({"jsonrpc": "2.0", "id": n, "method": "sendTransaction",
-            "params": [base64::engine::general_purpose::STANDARD.encode(bincode::serialize(&tx).unwrap()),
-                       {"encoding": "base64", "skipPreflight": true}]});
+        let (_, body) = transfer_request(&payer, n);
         let v: Value = client
             .post(&url)
             .header("content-type", "application/json")
-            .body(body.to_string())
+            .body(body)
             .send()
             .await
             .unwrap()
@@ -546,10 +540,7 @@ async fn soak_holds_memory_and_descriptors_flat_and_loses_nothing() {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        support::prom::sum(&text, name, "")
     };
 
     // The load, paced, from a task of its own.
@@ -565,20 +556,11 @@ async fn soak_holds_memory_and_descriptors_flat_and_loses_nothing() {
             while Instant::now() < end {
                 tick.tick().await;
                 i += 1;
-                let ix = system_instruction::transfer(&payer.pubkey(), &Pubkey::new_unique(), i);
-                let tx = Transaction::new_signed_with_payer(
-                    &[ix],
-                    Some(&payer.pubkey()),
-                    &[&payer],
-                    Hash::new_unique(),
-                );
-                let body = json!({"jsonrpc": "2.0", "id": i, "method": "sendTransaction",
-                    "params": [base64::engine::general_purpose::STANDARD.encode(bincode::serialize(&tx).unwrap()),
-                               {"encoding": "base64", "skipPreflight": true}]});
+                let (_, body) = transfer_request(&payer, i);
                 let r = client
                     .post(&url)
                     .header("content-type", "application/json")
-                    .body(body.to_string())
+                    .body(body)
                     .send()
                     .await;
                 match r {

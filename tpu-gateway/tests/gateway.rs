@@ -138,11 +138,7 @@ async fn metric(gateway: &Gateway, name: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter(|l| l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    support::prom::sum(&text, name, "")
 }
 
 /// `accepted = sent + dropped` once nothing is in flight.

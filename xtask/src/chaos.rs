@@ -15,18 +15,20 @@ pub(crate) struct Args {
 
 impl Args {
     pub(crate) fn run(self) -> Result<()> {
-        let mut cmd = cargo();
-        // The same flags as `test`, so the build is shared with it.
-        cmd.args([
-            "test",
-            "--workspace",
-            "--test",
-            "chaos",
-            "--",
-            "--nocapture",
-        ])
-        .env("AB_CHAOS_SECS", self.secs.to_string());
-        lint_env(&mut cmd)?;
-        run(cmd)
+        run_scenarios(None, &[("AB_CHAOS_SECS", self.secs.to_string())])
     }
+}
+
+/// Runs the chaos test binary's scenarios (those matching `filter`), printing their
+/// figures, with `env` set; built with the test command's flags, so its build is
+/// shared.
+pub(crate) fn run_scenarios(filter: Option<&str>, env: &[(&str, String)]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--test", "chaos"]);
+    cmd.args(filter).args(["--", "--nocapture"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    lint_env(&mut cmd)?;
+    run(cmd)
 }

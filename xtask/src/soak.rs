@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 
-use crate::util::{cargo, lint_env, run, target_dir};
+use crate::util::{cargo, run, target_dir};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -25,20 +25,13 @@ impl Args {
         build.args(["build", "--release", "--bin", "tpu-gateway"]);
         run(build)?;
         let bin = target_dir().join("release/tpu-gateway");
-        let mut cmd = cargo();
-        cmd.args([
-            "test",
-            "--workspace",
-            "--test",
-            "chaos",
-            "soak",
-            "--",
-            "--nocapture",
-        ])
-        .env("AB_SOAK_SECS", self.secs.to_string())
-        .env("AB_SOAK_RATE", self.rate.to_string())
-        .env("AB_SOAK_BIN", bin);
-        lint_env(&mut cmd)?;
-        run(cmd)
+        crate::chaos::run_scenarios(
+            Some("soak"),
+            &[
+                ("AB_SOAK_SECS", self.secs.to_string()),
+                ("AB_SOAK_RATE", self.rate.to_string()),
+                ("AB_SOAK_BIN", bin.display().to_string()),
+            ],
+        )
     }
 }
