@@ -46,6 +46,9 @@ afterburner_stats::declare_stats! {
         /// QUIC packets quiche declared lost (their frames are sent again): the
         /// path's loss, and what recovery had to repeat.
         packets_lost: Counter "afterburner_engine_packets_lost_total",
+        /// Of those, packets acknowledged after all (declared lost too early:
+        /// reordering beyond the loss threshold).
+        packets_spurious_lost: Counter "afterburner_engine_packets_spurious_lost_total",
         /// Bytes sent (UDP payload).
         bytes_sent: Counter "afterburner_engine_sent_bytes_total",
         /// Bytes received (UDP payload).

@@ -54,8 +54,8 @@ pub(super) struct Conn {
     waiting_for_credit: bool,
     /// Queued in the engine's dirty list.
     pub(super) dirty: bool,
-    /// Lost packets already counted in the engine's stats.
-    pub(super) lost_counted: usize,
+    /// Lost and spuriously lost packets already counted in the engine's stats.
+    pub(super) lost_counted: (usize, usize),
 }
 
 /// What one [`Conn::pump_streams`] call did.
@@ -94,7 +94,7 @@ impl Conn {
             last_used: 0,
             last_ack_eliciting: now,
             waiting_for_credit: false,
-            lost_counted: 0,
+            lost_counted: (0, 0),
             dirty: false,
         })
     }

@@ -372,10 +372,15 @@ impl Engine {
             }
             EngineStats::add(&self.stats.packets_sent, packets);
             EngineStats::add(&self.stats.bytes_sent, bytes);
-            let lost = conn.q.stats().lost;
-            if lost > conn.lost_counted {
-                EngineStats::add(&self.stats.packets_lost, (lost - conn.lost_counted) as u64);
-                conn.lost_counted = lost;
+            let q = conn.q.stats();
+            let (lost, spurious) = conn.lost_counted;
+            if q.lost > lost || q.spurious_lost > spurious {
+                EngineStats::add(&self.stats.packets_lost, q.lost.saturating_sub(lost) as u64);
+                EngineStats::add(
+                    &self.stats.packets_spurious_lost,
+                    q.spurious_lost.saturating_sub(spurious) as u64,
+                );
+                conn.lost_counted = (q.lost.max(lost), q.spurious_lost.max(spurious));
             }
             self.next_deadline = earliest(self.next_deadline, conn.deadline(&self.config));
             if full || sliced {

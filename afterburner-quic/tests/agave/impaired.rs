@@ -122,14 +122,15 @@ fn deliver_impaired(
     let s = client.engine.stats().snapshot();
     println!(
         "impaired ({PARAMS}) over {path}: {n} transactions delivered in {:.1} s ({:.0}/s), \
-         {} submissions, QUIC packets sent {} lost {} ({:.1}%), connections {}; relay: {} \
-         datagrams, {} dropped, {} reordered",
+         {} submissions, QUIC packets sent {} declared lost {} ({:.1}%, of them {} spuriously: \
+         acknowledged after all), connections {}; relay: {} datagrams, {} dropped, {} reordered",
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64(),
         submissions,
         s.packets_sent,
         s.packets_lost,
         100.0 * s.packets_lost as f64 / s.packets_sent.max(1) as f64,
+        s.packets_spurious_lost,
         s.connections_opened,
         relay.counts.received.load(Ordering::Relaxed),
         relay.counts.dropped.load(Ordering::Relaxed),
