@@ -82,6 +82,16 @@ pub fn load_keys_file(path: &Path) -> Result<Vec<KeySpec>, String> {
     Ok(file.key)
 }
 
+/// The keys of the keys file at `path`, each holding at most its share of
+/// `max_tracked` places.
+///
+/// # Errors
+/// As [`load_keys_file`] and [`Keys::new`], naming the file.
+pub fn keys_from_file(path: &Path, max_tracked: usize) -> Result<Keys, String> {
+    let specs = load_keys_file(path)?;
+    Keys::new(&specs, max_tracked).map_err(|e| format!("auth.keys_file {}: {e}", path.display()))
+}
+
 /// TOML through figment's parser (the one the configuration uses).
 fn parse_keys(text: &str) -> Result<KeysFile, String> {
     use figment::providers::Format as _;

@@ -202,10 +202,8 @@ impl Gateway {
         let gate = match &config.auth.keys_file {
             None => None,
             Some(path) => {
-                let specs = auth::load_keys_file(path).map_err(anyhow::Error::msg)?;
-                let keys = auth::Keys::new(&specs, config.limits.max_tracked)
-                    .map_err(anyhow::Error::msg)
-                    .with_context(|| format!("auth.keys_file {}", path.display()))?;
+                let keys = auth::keys_from_file(path, config.limits.max_tracked)
+                    .map_err(anyhow::Error::msg)?;
                 for k in keys.all() {
                     metrics.register_key(&k.name);
                 }

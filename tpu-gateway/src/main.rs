@@ -54,10 +54,8 @@ fn main() -> Result<()> {
             .with_context(|| format!("identity keypair {}", path.display()))?;
     }
     if let Some(path) = &config.auth.keys_file {
-        let specs = tpu_gateway::auth::load_keys_file(path).map_err(anyhow::Error::msg)?;
-        tpu_gateway::auth::Keys::new(&specs, config.limits.max_tracked)
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("auth.keys_file {}", path.display()))?;
+        tpu_gateway::auth::keys_from_file(path, config.limits.max_tracked)
+            .map_err(anyhow::Error::msg)?;
     }
     if cli.check {
         println!("configuration ok");

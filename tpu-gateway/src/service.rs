@@ -657,6 +657,11 @@ impl Service {
             }
             e
         };
+        let Ok(room) = self.room.clone().try_acquire_owned() else {
+            // Every place in the ledger is taken: they free up as transactions end.
+            return Err(forget(SendError::QueueFull));
+        };
+        // The key last, so a refusal for a full ledger costs it no token.
         let key_place = match key.map(|k| (k, k.admit(Instant::now()))) {
             None => None,
             Some((_, Ok(place))) => Some(place),
@@ -670,10 +675,6 @@ impl Service {
                 self.count_key(k, result);
                 return Err(forget(e));
             }
-        };
-        let Ok(room) = self.room.clone().try_acquire_owned() else {
-            // Every place in the ledger is taken: they free up as transactions end.
-            return Err(forget(SendError::QueueFull));
         };
         let permit = self.queue.try_reserve().map_err(|e| {
             forget(match e {
@@ -754,6 +755,7 @@ impl rpc::Sender for AsCaller<'_> {
                 "lifecycle needs a multi-threaded runtime",
             ));
         }
+        // Handlers run on the runtime: block in place for the forwarder's answer.
         tokio::task::block_in_place(|| {
             handle.block_on(self.service.lifecycle_for(signature, client))
         })
@@ -806,14 +808,7 @@ impl rpc::Sender for Service {
     }
 
     fn lifecycle(&self, signature: Signature) -> Result<Option<Value>, SendError> {
-        let handle = tokio::runtime::Handle::current();
-        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
-            return Err(SendError::Internal(
-                "lifecycle needs a multi-threaded runtime",
-            ));
-        }
-        // Handlers run on the runtime: block in place for the forwarder's answer.
-        tokio::task::block_in_place(|| handle.block_on(Service::lifecycle(self, signature)))
+        rpc::Sender::lifecycle(&self.as_caller(None), signature)
     }
 
     fn health(&self) -> Result<(), String> {
